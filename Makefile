@@ -1,0 +1,96 @@
+# Licence-plate recognition on NVIDIA Triton: the single entry point. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_SYSTEM ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU wheel of PyTorch by default; set TORCH_SPEC=torch to take a CUDA build on a GPU machine.
+TORCH_SPEC ?= torch==2.13.0
+
+BUILD ?= build
+ONNX_DIR ?= $(BUILD)/onnx
+REPOSITORY ?= model_repository
+# cpu: Python-backend onnxruntime runner (the nvidia-pytriton server); onnxruntime: the official image's native
+# backend; tensorrt: TensorRT plans. `auto` picks tensorrt where TensorRT and a GPU are present.
+TARGET ?= auto
+MAX_PLATES ?= 8
+DETECTOR_WEIGHTS ?=
+LPRNET_WEIGHTS ?=
+STN_WEIGHTS ?=
+HOST ?= 127.0.0.1
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
+IMAGES ?= $(BUILD)/samples
+PYTEST_ARGS ?=
+
+STAMP := $(VENV)/.installed
+WEIGHT_FLAGS = $(if $(DETECTOR_WEIGHTS),--detector-weights $(DETECTOR_WEIGHTS)) \
+	$(if $(LPRNET_WEIGHTS),--lprnet-weights $(LPRNET_WEIGHTS)) $(if $(STN_WEIGHTS),--stn-weights $(STN_WEIGHTS))
+
+.PHONY: help install data train train-detector train-recogniser eval onnx engines serve demo test lint bench analyze clean
+
+help: ## list the targets and their settings
+	@echo "Licence-plate recognition on NVIDIA Triton"
+	@echo
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
+	@echo
+	@echo "Settings (make VAR=value): TARGET=$(TARGET) MAX_PLATES=$(MAX_PLATES) HOST=$(HOST) GRPC_PORT=$(GRPC_PORT)"
+	@echo "  HTTP_PORT=$(HTTP_PORT) METRICS_PORT=$(METRICS_PORT) DETECTOR_WEIGHTS LPRNET_WEIGHTS STN_WEIGHTS (default:"
+	@echo "  the committed alpr/weights/*.pt) TORCH_SPEC=$(TORCH_SPEC) IMAGES=$(IMAGES) PYTEST_ARGS"
+
+install: $(STAMP) ## create the virtualenv with everything (PyTorch CPU, onnxruntime, Triton server, clients)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)" -e ".[export,serve,bench,dev]"
+	touch $@
+
+data: $(STAMP) ## write the held-out synthetic evaluation set and sample images to build/
+	$(PY) -m alpr.synth.dataset --heldout --out $(BUILD)/heldout
+	$(PY) -m alpr.synth.dataset --samples --out $(IMAGES)
+
+train: train-recogniser train-detector ## train the default weights (alpr/weights/) on synthetic data; resumable
+
+train-detector: $(STAMP) ## train the YOLOv5n plate detector (add ARGS="--resume" to continue)
+	$(PY) -m alpr.train.detector $(ARGS)
+
+train-recogniser: $(STAMP) ## train STN + LPRNet with CTC (add ARGS="--resume" to continue)
+	$(PY) -m alpr.train.recognizer $(ARGS)
+
+eval: $(STAMP) ## accuracy of the weights on the held-out synthetic set and on ../shared/real
+	$(PY) -m alpr.evaluate $(WEIGHT_FLAGS)
+
+onnx: $(STAMP) ## export preprocess, detector (NMS inside), crop, STN and LPRNet to ONNX, checked against PyTorch
+	$(PY) export/to_onnx.py --out-dir $(ONNX_DIR) --max-plates $(MAX_PLATES) $(WEIGHT_FLAGS)
+	$(PY) export/verify.py --onnx-dir $(ONNX_DIR) $(WEIGHT_FLAGS)
+
+engines: onnx ## build the served models (TensorRT plans on a GPU, else ONNX) into model_repository/
+	$(PY) -m ensemble.build --target $(TARGET) --onnx-dir $(ONNX_DIR) --out $(REPOSITORY) --max-plates $(MAX_PLATES)
+
+serve: $(STAMP) ## serve the ensemble with the real tritonserver (builds engines first if missing); Ctrl-C stops
+	@test -f $(REPOSITORY)/detector/1/model.onnx -o -f $(REPOSITORY)/detector/1/model.plan || $(MAKE) engines
+	$(PY) -m alpr.server serve --repository $(REPOSITORY) --host $(HOST) \
+		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+demo: $(STAMP) ## send the sample images to a running server and draw the plates into build/annotated/
+	@test -d $(IMAGES) || $(PY) -m alpr.synth.dataset --samples --out $(IMAGES)
+	$(VENV)/bin/lpr $(IMAGES) --url $(HOST):$(GRPC_PORT) --annotate-dir $(BUILD)/annotated
+
+test: $(STAMP) ## run the test suite (starts its own Triton server on free ports)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: $(STAMP) ## perf_analyzer: ensemble vs BLS baseline vs in-process floor; writes benchmarks/RESULTS.md
+	$(PY) -m benchmarks.run
+
+analyze: $(STAMP) ## Triton Model Analyzer quick search over the composing models; report in benchmarks/
+	$(PY) -m benchmarks.analyze
+
+clean: ## remove build outputs (keeps the virtualenv and the committed weights)
+	rm -rf $(BUILD) runs model_repository/*/1/model.onnx model_repository/*/1/model.plan

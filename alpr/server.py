@@ -1,0 +1,386 @@
+"""Launch the real Triton Inference Server on a model repository of this project.
+
+``python -m alpr.server serve --repository model_repository`` runs ``tritonserver`` from PATH when it is installed
+(the official image) and otherwise the build bundled in the ``nvidia-pytriton`` wheel. Before starting, it assembles
+a backend directory under ``build/triton/backends``: the installation's own backends, the Python backend completed
+with the stub for the running Python when the bundled build ships it apart, and the project's Python-based backend
+``onnxruntime_python`` (``ensemble/onnxruntime_python/model.py``) that serves each ONNX step on the CPU target.
+
+``TritonServer`` is the context manager used by the tests, the benchmarks and the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType, TracebackType
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Source of the Python-based backend that runs any ONNX step through onnxruntime.
+ONNXRUNTIME_PYTHON_BACKEND = "onnxruntime_python"
+ONNXRUNTIME_PYTHON_SOURCE = PROJECT_ROOT / "ensemble" / ONNXRUNTIME_PYTHON_BACKEND / "model.py"
+DEFAULT_BUILD_DIR = Path("build") / "triton"
+
+# Each Python-backend instance exchanges tensors with the server through its own shared-memory region. Start it
+# large enough for a 1920x1080 BGR frame plus the letterboxed copy, and grow it in the same steps for bigger images.
+SHM_DEFAULT_BYTES = 16 * 1024 * 1024
+SHM_GROWTH_BYTES = 16 * 1024 * 1024
+STOP_TIMEOUT_S = 30.0
+LOG_TAIL_CHARS = 6000
+
+
+class TritonNotFoundError(RuntimeError):
+    """Neither ``tritonserver`` on PATH nor the build bundled in ``nvidia-pytriton`` is installed."""
+
+
+class TritonStartError(RuntimeError):
+    """The server exited or did not become ready in time; the message carries the end of its log."""
+
+
+@dataclass(frozen=True)
+class TritonInstallation:
+    """Where a Triton build keeps its executable, backends and shared libraries."""
+
+    executable: Path
+    backend_directory: Path
+    # Shared libraries the bundled build and its Python stub load (None: the system already finds them).
+    library_directory: Path | None = None
+    # Python-backend stub for the running Python, when the build ships stubs apart from the backend.
+    python_stub: Path | None = None
+
+
+def find_installation() -> TritonInstallation:
+    """The ``tritonserver`` on PATH if there is one, else the build bundled in ``nvidia-pytriton``."""
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        executable = Path(on_path).resolve()
+        return TritonInstallation(executable=executable, backend_directory=executable.parents[1] / "backends")
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or spec.origin is None:
+        raise TritonNotFoundError(
+            "no tritonserver: install the serving extra (pip install -e '.[serve]', which brings nvidia-pytriton) "
+            "or run inside the official tritonserver image"
+        )
+    bundle = Path(spec.origin).parent / "tritonserver"
+    python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = bundle / "python_backend_stubs" / python_version / "triton_python_backend_stub"
+    executable = bundle / "bin" / "tritonserver"
+    if not executable.is_file():
+        raise TritonNotFoundError(f"nvidia-pytriton is installed but {executable} is missing")
+    if not stub.is_file():
+        raise TritonNotFoundError(f"nvidia-pytriton ships no Python-backend stub for Python {python_version}")
+    return TritonInstallation(
+        executable=executable,
+        backend_directory=bundle / "backends",
+        library_directory=bundle.parents[1] / "nvidia_pytriton.libs",
+        python_stub=stub,
+    )
+
+
+def _copy_if_changed(source: Path, target: Path) -> None:
+    if target.is_file() and filecmp.cmp(source, target, shallow=False):
+        return
+    # Copy beside the target, then rename: a server already running from this directory never sees half a file.
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as staging:
+        staging_path = Path(staging.name)
+    shutil.copy2(source, staging_path)
+    staging_path.replace(target)
+
+
+def _link(source: Path, target: Path) -> None:
+    if target.is_symlink() and target.resolve() == source.resolve():
+        return
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.is_dir():
+        shutil.rmtree(target)
+    target.symlink_to(source, target_is_directory=source.is_dir())
+
+
+def prepare_backend_directory(installation: TritonInstallation, build_dir: Path) -> Path:
+    """Assemble ``build_dir/backends``: the installation's backends plus ``onnxruntime_python``; returns its path.
+
+    Nothing inside the installation is modified: backends are linked, and the Python backend is copied next to the
+    stub it needs when the installation ships the stub apart.
+    """
+    backends = build_dir / "backends"
+    backends.mkdir(parents=True, exist_ok=True)
+    for backend in sorted(installation.backend_directory.iterdir()):
+        if not backend.is_dir() or backend.name == "__pycache__":
+            continue
+        if backend.name == "python" and installation.python_stub is not None:
+            python_backend = backends / "python"
+            if python_backend.is_symlink():
+                python_backend.unlink()
+            python_backend.mkdir(exist_ok=True)
+            for artifact in backend.iterdir():
+                if artifact.is_file():
+                    _copy_if_changed(artifact, python_backend / artifact.name)
+            _copy_if_changed(installation.python_stub, python_backend / "triton_python_backend_stub")
+        else:
+            _link(backend, backends / backend.name)
+    if ONNXRUNTIME_PYTHON_SOURCE.is_file():
+        runner = backends / ONNXRUNTIME_PYTHON_BACKEND
+        runner.mkdir(exist_ok=True)
+        _copy_if_changed(ONNXRUNTIME_PYTHON_SOURCE, runner / "model.py")
+    return backends
+
+
+def server_environment(installation: TritonInstallation) -> dict[str, str]:
+    """Environment of the server: the running interpreter first on PATH, since every Python stub imports its packages.
+
+    The stub embeds the first ``python3`` on PATH; the virtual environment of this process has numpy<2, onnxruntime
+    and this package, which the steps import.
+    """
+    environment = dict(os.environ)
+    interpreter_dir = str(Path(sys.executable).parent)
+    environment["PATH"] = os.pathsep.join([interpreter_dir, environment.get("PATH", "")])
+    if installation.library_directory is not None:
+        library_path = environment.get("LD_LIBRARY_PATH")
+        libraries = str(installation.library_directory)
+        environment["LD_LIBRARY_PATH"] = f"{libraries}{os.pathsep}{library_path}" if library_path else libraries
+    return environment
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where a running server listens."""
+
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+
+class TritonServer:
+    """A ``tritonserver`` process serving one model repository, started on the given ports or on free ones.
+
+    >>> with TritonServer("model_repository") as server:
+    ...     PlateRecognizer(server.endpoints.grpc_url).recognize(image)
+
+    With ``log_path=None`` the server writes to this process's terminal; otherwise to that file, whose end is quoted
+    when the server fails to start.
+    """
+
+    def __init__(
+        self,
+        repository: str | Path,
+        *,
+        host: str = "127.0.0.1",
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+        metrics_port: int | None = None,
+        build_dir: str | Path = DEFAULT_BUILD_DIR,
+        log_path: str | Path | None = None,
+        startup_timeout_s: float = 120.0,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.repository = Path(repository).resolve()
+        self.endpoints = Endpoints(
+            host=host,
+            http_port=http_port or free_port(host),
+            grpc_port=grpc_port or free_port(host),
+            metrics_port=metrics_port or free_port(host),
+        )
+        self.build_dir = Path(build_dir).resolve()
+        self.log_path = Path(log_path).resolve() if log_path is not None else None
+        self.startup_timeout_s = startup_timeout_s
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self, installation: TritonInstallation, backend_directory: Path) -> list[str]:
+        """The ``tritonserver`` command line."""
+        return [
+            str(installation.executable),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backend_directory}",
+            "--model-control-mode=none",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+            f"--http-address={self.endpoints.host}",
+            f"--http-port={self.endpoints.http_port}",
+            f"--grpc-address={self.endpoints.host}",
+            f"--grpc-port={self.endpoints.grpc_port}",
+            f"--metrics-address={self.endpoints.host}",
+            f"--metrics-port={self.endpoints.metrics_port}",
+            f"--backend-config=python,shm-default-byte-size={SHM_DEFAULT_BYTES}",
+            f"--backend-config=python,shm-growth-byte-size={SHM_GROWTH_BYTES}",
+            *self.extra_args,
+        ]
+
+    def start(self) -> TritonServer:
+        """Start the server and wait until it is ready; raises ``TritonStartError`` with its log otherwise."""
+        if not self.repository.is_dir():
+            raise FileNotFoundError(f"model repository {self.repository} does not exist")
+        installation = find_installation()
+        backend_directory = prepare_backend_directory(installation, self.build_dir)
+        output = None
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            output = self.log_path.open("wb")
+        try:
+            self.process = subprocess.Popen(
+                self.command(installation, backend_directory),
+                env=server_environment(installation),
+                stdout=output,
+                stderr=subprocess.STDOUT if output is not None else None,
+                # Its own process group: a Ctrl-C in the terminal reaches this launcher, which stops the server.
+                start_new_session=True,
+            )
+        finally:
+            if output is not None:
+                output.close()
+        try:
+            self._wait_until_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def is_ready(self) -> bool:
+        """Whether the server answers ready on its HTTP health endpoint."""
+        url = f"http://{self.endpoints.http_url}/v2/health/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def log_tail(self) -> str:
+        """The end of the server log, or a note when the log goes to the terminal."""
+        if self.log_path is None or not self.log_path.is_file():
+            return "(server log on the terminal)"
+        return self.log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+
+    def _wait_until_ready(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise TritonStartError(
+                    f"tritonserver exited with status {self.process.returncode} while loading {self.repository}:\n"
+                    f"{self.log_tail()}"
+                )
+            if self.is_ready():
+                return
+            time.sleep(0.2)
+        raise TritonStartError(
+            f"tritonserver not ready after {self.startup_timeout_s:.0f} s on {self.repository}:\n{self.log_tail()}"
+        )
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+        """Ask the server to shut down (SIGTERM), wait for it, and kill its process group if it hangs."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+    def wait(self) -> int:
+        """Block until the server exits; returns its exit status."""
+        assert self.process is not None
+        return self.process.wait()
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    server = TritonServer(
+        args.repository,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        build_dir=args.build_dir,
+        startup_timeout_s=args.startup_timeout,
+    )
+    stopping = False
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        if server.process is not None and server.process.poll() is None:
+            server.process.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        server.start()
+    except TritonStartError as error:
+        print(error, file=sys.stderr)
+        return 1
+    endpoints = server.endpoints
+    print(
+        f"Triton ready: gRPC {endpoints.grpc_url}  HTTP http://{endpoints.http_url}  metrics {endpoints.metrics_url}",
+        flush=True,
+    )
+    status = server.wait()
+    return 0 if stopping else status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m alpr.server", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve a model repository until Ctrl-C or SIGTERM")
+    serve.add_argument("--repository", type=Path, default=Path("model_repository"), help="Triton model repository")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD_DIR, help="where the backend directory goes")
+    serve.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for readiness")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Train the YOLOv5 plate detector on synthetic street scenes.
+
+Scenes are rendered at several frame sizes, letterboxed to the 640x640 detector input by the very ``Letterbox`` that
+the served ``preprocess`` graph runs, and cut into square training tiles (the network is fully convolutional, so a
+320-pixel tile teaches the same plate scales as the full 640 input at a quarter of the cost, which is what makes
+training on a laptop CPU practical). ``python -m alpr.train.detector --help`` lists the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from alpr import spec
+from alpr.geometry import Letterbox, letterbox_transform
+from alpr.models import YOLOv5, save_checkpoint
+from alpr.synth.scenes import make_scene
+from alpr.train.common import (
+    Throughput,
+    TrainState,
+    batch_stream,
+    cosine_lr,
+    load_training_checkpoint,
+    pick_device,
+    save_training_checkpoint,
+    write_report,
+)
+from alpr.train.yolo_loss import YOLOv5Loss
+
+# (height, width, weight): frame sizes of the training scenes; small renders are cheap, large ones teach real
+# downscaling. Plate sizes scale with the frame, so every size covers the whole 30-250 px (at 1080p) range.
+FRAME_SIZES = ((360, 640, 4), (480, 640, 2), (640, 480, 1), (720, 1280, 2), (1080, 1920, 1))
+PLATES_PER_SCENE = (0, 1, 2, 3, 4, 5)
+PLATES_WEIGHTS = (0.08, 0.32, 0.25, 0.15, 0.12, 0.08)
+MIN_VISIBLE_FRACTION = 0.6
+
+
+class SceneTiles:
+    """Makes batches of letterboxed scene tiles with YOLO targets ``(image, class, cx, cy, w, h)`` in tile pixels."""
+
+    def __init__(self, batch_size: int, tile_size: int) -> None:
+        self.batch_size = batch_size
+        self.tile_size = tile_size
+        self.letterbox = Letterbox()
+        sizes = np.array([s[2] for s in FRAME_SIZES], dtype=float)
+        self.size_probabilities = sizes / sizes.sum()
+
+    def __call__(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        tiles = torch.empty((self.batch_size, 3, self.tile_size, self.tile_size), dtype=torch.uint8)
+        targets = []
+        for index in range(self.batch_size):
+            tile, boxes = self._tile(rng)
+            tiles[index] = tile
+            for x1, y1, x2, y2 in boxes:
+                targets.append((index, 0, (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1))
+        return tiles, torch.tensor(targets, dtype=torch.float32).reshape(-1, 6)
+
+    def _tile(self, rng: np.random.Generator) -> tuple[torch.Tensor, list[tuple[float, float, float, float]]]:
+        height, width, _ = FRAME_SIZES[rng.choice(len(FRAME_SIZES), p=self.size_probabilities)]
+        num_plates = int(rng.choice(PLATES_PER_SCENE, p=PLATES_WEIGHTS))
+        scene = make_scene(rng, height, width, num_plates)
+        with torch.no_grad():
+            letterboxed = self.letterbox(torch.from_numpy(scene.image))[0]
+        scale, pad_x, pad_y = letterbox_transform(height, width)
+        boxes = np.array([p.box_xyxy for p in scene.plates], dtype=np.float64).reshape(-1, 4)
+        boxes = boxes * scale + np.array([pad_x, pad_y, pad_x, pad_y])
+
+        size, limit = self.tile_size, spec.DETECTOR_SIZE - self.tile_size
+        if len(boxes) and rng.random() < 0.75:
+            centre = boxes[rng.integers(len(boxes))]
+            cx, cy = (centre[0] + centre[2]) / 2, (centre[1] + centre[3]) / 2
+            left = cx - size / 2 + rng.uniform(-0.35, 0.35) * size
+            top = cy - size / 2 + rng.uniform(-0.35, 0.35) * size
+        else:
+            left = rng.uniform(pad_x - size / 2, spec.DETECTOR_SIZE - pad_x - size / 2)
+            top = rng.uniform(pad_y - size / 2, spec.DETECTOR_SIZE - pad_y - size / 2)
+        left, top = int(np.clip(left, 0, limit)), int(np.clip(top, 0, limit))
+        tile = letterboxed[:, top : top + size, left : left + size]
+
+        kept = []
+        for x1, y1, x2, y2 in boxes - np.array([left, top, left, top]):
+            cx1, cy1, cx2, cy2 = max(x1, 0.0), max(y1, 0.0), min(x2, size), min(y2, size)
+            if cx2 - cx1 < 2 or cy2 - cy1 < 2:
+                continue
+            if (cx2 - cx1) * (cy2 - cy1) >= MIN_VISIBLE_FRACTION * (x2 - x1) * (y2 - y1):
+                kept.append((cx1, cy1, cx2, cy2))
+        return tile, kept
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Train (or resume) and write the default detector weights and a metrics report."""
+    device = pick_device(args.device)
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = YOLOv5(args.scale, num_classes=1).to(device).train()
+    detect = model.model[-1]
+    criterion = YOLOv5Loss(detect.anchors, model.stride, num_classes=1, image_size=args.tile_size).to(device)
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        (no_decay if parameter.ndim <= 1 or name.endswith(".bias") else decay).append(parameter)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.937, 0.999),
+    )
+    run_dir = Path(args.run_dir)
+    checkpoint = run_dir / "last.pt"
+    state = TrainState()
+    if args.resume and checkpoint.exists():
+        state = load_training_checkpoint(checkpoint, {"detector": model}, optimizer)
+        print(f"resumed from {checkpoint} at iteration {state.iteration}")
+
+    stream = batch_stream(SceneTiles(args.batch_size, args.tile_size), seed=args.seed + state.iteration, workers=args.workers)
+    speed = Throughput()
+    progress = tqdm(total=args.iterations, initial=state.iteration, desc="detector", dynamic_ncols=True)
+    smoothed: dict[str, float] = {}
+    while state.iteration < args.iterations:
+        lr = cosine_lr(state.iteration, args.iterations, args.lr, args.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        tiles, targets = next(stream)
+        images = tiles.to(device, non_blocking=True).float() / 255.0
+        loss, parts = criterion(model(images), targets.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optimizer.step()
+        state.iteration += 1
+        for key, value in {**parts, "loss": float(loss) / args.batch_size}.items():
+            smoothed[key] = value if key not in smoothed else 0.95 * smoothed[key] + 0.05 * value
+        progress.set_postfix(lr=f"{lr:.2e}", img_s=f"{speed.add(args.batch_size):.1f}", **{k: f"{v:.4f}" for k, v in smoothed.items()})
+        progress.update()
+        if not math.isfinite(float(loss)):
+            raise FloatingPointError(f"loss diverged at iteration {state.iteration}")
+        if state.iteration % args.log_every == 0:
+            state.history.append({"iteration": state.iteration, "lr": lr, **smoothed})
+        if state.iteration % args.save_every == 0 or state.iteration == args.iterations:
+            save_training_checkpoint(checkpoint, {"detector": model}, optimizer, state)
+    progress.close()
+
+    model.eval()
+    save_checkpoint(
+        model.cpu(),
+        Path(args.output),
+        arch=f"yolov5{args.scale}",
+        num_classes=1,
+        iterations=state.iteration,
+        tile_size=args.tile_size,
+        seed=args.seed,
+    )
+    report = {"model": f"yolov5{args.scale}", "iterations": state.iteration, "batch_size": args.batch_size,
+              "tile_size": args.tile_size, "final_losses": smoothed, "weights": str(args.output)}
+    write_report(run_dir / "report.json", report)
+    return report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", default="n", choices=["n", "s", "m", "l", "x"], help="YOLOv5 scale")
+    parser.add_argument("--iterations", type=int, default=3000, help="optimiser steps")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--tile-size", type=int, default=320, help="square training tile cut from the 640 input")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=1, help="data-generating processes")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--run-dir", default="runs/detector", help="resumable checkpoint and report")
+    parser.add_argument("--output", default="alpr/weights/detector.pt", help="final weights")
+    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    parser.add_argument("--save-every", type=int, default=50)
+    parser.add_argument("--log-every", type=int, default=25)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    train(parse_args())
