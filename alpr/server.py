@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from alpr.paths import repo_root
+from alpr.repository import ONNXRUNTIME_PYTHON_BACKEND
+
 # Source of the Python-based backend that runs any ONNX step through onnxruntime.
-ONNXRUNTIME_PYTHON_BACKEND = "onnxruntime_python"
-ONNXRUNTIME_PYTHON_SOURCE = PROJECT_ROOT / "ensemble" / ONNXRUNTIME_PYTHON_BACKEND / "model.py"
+ONNXRUNTIME_PYTHON_SOURCE = repo_root() / "ensemble" / ONNXRUNTIME_PYTHON_BACKEND / "model.py"
 DEFAULT_BUILD_DIR = Path("build") / "triton"
 
 # Each Python-backend instance exchanges tensors with the server through its own shared-memory region. Start it
@@ -279,10 +280,13 @@ class TritonServer:
             return False
 
     def log_tail(self) -> str:
-        """The end of the server log, or a note when the log goes to the terminal."""
+        """The models that failed to load and the end of the server log (or a note when it goes to the terminal)."""
         if self.log_path is None or not self.log_path.is_file():
             return "(server log on the terminal)"
-        return self.log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+        log = self.log_path.read_text(errors="replace")
+        failures = [line.strip() for line in log.splitlines() if "UNAVAILABLE" in line or line.startswith("error:")]
+        summary = "\n".join(failures[-20:])
+        return f"{summary}\n--- end of {self.log_path} ---\n{log[-LOG_TAIL_CHARS:]}"
 
     def _wait_until_ready(self) -> None:
         assert self.process is not None
@@ -349,8 +353,8 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, forward)
     try:
         server.start()
-    except TritonStartError as error:
-        print(error, file=sys.stderr)
+    except (TritonStartError, TritonNotFoundError, FileNotFoundError) as error:
+        print(f"alpr.server: {error}", file=sys.stderr)
         return 1
     endpoints = server.endpoints
     print(

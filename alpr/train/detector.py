@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from alpr import spec
+from alpr import paths, spec
 from alpr.geometry import Letterbox, letterbox_transform
 from alpr.models import YOLOv5, save_checkpoint
 from alpr.synth.scenes import make_scene
@@ -116,7 +116,9 @@ def train(args: argparse.Namespace) -> dict:
         state = load_training_checkpoint(checkpoint, {"detector": model}, optimizer)
         print(f"resumed from {checkpoint} at iteration {state.iteration}")
 
-    stream = batch_stream(SceneTiles(args.batch_size, args.tile_size), seed=args.seed + state.iteration, workers=args.workers)
+    stream = batch_stream(
+        SceneTiles(args.batch_size, args.tile_size), seed=args.seed + state.iteration, workers=args.workers
+    )
     speed = Throughput()
     progress = tqdm(total=args.iterations, initial=state.iteration, desc="detector", dynamic_ncols=True)
     smoothed: dict[str, float] = {}
@@ -134,7 +136,9 @@ def train(args: argparse.Namespace) -> dict:
         state.iteration += 1
         for key, value in {**parts, "loss": float(loss) / args.batch_size}.items():
             smoothed[key] = value if key not in smoothed else 0.95 * smoothed[key] + 0.05 * value
-        progress.set_postfix(lr=f"{lr:.2e}", img_s=f"{speed.add(args.batch_size):.1f}", **{k: f"{v:.4f}" for k, v in smoothed.items()})
+        progress.set_postfix(
+            lr=f"{lr:.2e}", img_s=f"{speed.add(args.batch_size):.1f}", **{k: f"{v:.4f}" for k, v in smoothed.items()}
+        )
         progress.update()
         if not math.isfinite(float(loss)):
             raise FloatingPointError(f"loss diverged at iteration {state.iteration}")
@@ -154,8 +158,14 @@ def train(args: argparse.Namespace) -> dict:
         tile_size=args.tile_size,
         seed=args.seed,
     )
-    report = {"model": f"yolov5{args.scale}", "iterations": state.iteration, "batch_size": args.batch_size,
-              "tile_size": args.tile_size, "final_losses": smoothed, "weights": str(args.output)}
+    report = {
+        "model": f"yolov5{args.scale}",
+        "iterations": state.iteration,
+        "batch_size": args.batch_size,
+        "tile_size": args.tile_size,
+        "final_losses": smoothed,
+        "weights": str(args.output),
+    }
     write_report(run_dir / "report.json", report)
     return report
 
@@ -174,7 +184,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", default="runs/detector", help="resumable checkpoint and report")
-    parser.add_argument("--output", default="alpr/weights/detector.pt", help="final weights")
+    parser.add_argument("--output", default=str(paths.default_weights("detector")), help="final weights")
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     parser.add_argument("--save-every", type=int, default=50)
     parser.add_argument("--log-every", type=int, default=25)

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from alpr import ctc, vocab
-from alpr.metrics import edit_distance
+from alpr import ctc, paths, vocab
 from alpr.geometry import crop_plates
-from alpr.models import LPRNet, STN, save_checkpoint
+from alpr.metrics import edit_distance
+from alpr.models import STN, LPRNet, save_checkpoint
 from alpr.synth.dataset import plate_samples
 from alpr.train.common import (
     Throughput,
@@ -41,18 +41,20 @@ def jittered_box(corners: np.ndarray, rng: np.random.Generator, jitter: float) -
     x2, y2 = corners.max(0)
     w, h = x2 - x1, y2 - y1
     noise = rng.uniform(-jitter, jitter, 4) * np.array([w, h, w, h])
-    return np.array([x1, y1, x2, y2]) + noise
+    return (np.array([x1, y1, x2, y2]) + noise).astype(np.float32)
 
 
 class PlateCrops:
     """Batches of normalised 3x24x94 crops with CTC targets."""
 
-    def __init__(self, batch_size: int, jitter: float = BOX_JITTER) -> None:
+    def __init__(self, batch_size: int, jitter: float = BOX_JITTER, crops_per_plate: int = 1) -> None:
         self.batch_size = batch_size
         self.jitter = jitter
+        self.crops_per_plate = crops_per_plate
 
     def __call__(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        samples = plate_samples(rng, self.batch_size)
+        # Rendering dominates the cost, so a plate may serve several differently jittered crops of one batch.
+        samples = plate_samples(rng, self.batch_size // self.crops_per_plate) * self.crops_per_plate
         crops = torch.cat(
             [crop_plates(sample.image, jittered_box(sample.corners, rng, self.jitter)[None]) for sample in samples]
         )
@@ -108,7 +110,11 @@ def train(args: argparse.Namespace) -> dict:
 
     validation_rng = np.random.default_rng(args.seed + 10_000_000)
     validation = [PlateCrops(128, jitter=BOX_JITTER / 2)(validation_rng) for _ in range(args.validation_batches)]
-    stream = batch_stream(PlateCrops(args.batch_size), seed=args.seed + state.iteration, workers=args.workers)
+    stream = batch_stream(
+        PlateCrops(args.batch_size, crops_per_plate=args.crops_per_plate),
+        seed=args.seed + state.iteration,
+        workers=args.workers,
+    )
     speed = Throughput()
     progress = tqdm(total=args.iterations, initial=state.iteration, desc="recogniser", dynamic_ncols=True)
     smoothed_loss = None
@@ -133,7 +139,9 @@ def train(args: argparse.Namespace) -> dict:
             state.history.append({"iteration": state.iteration, "loss": smoothed_loss, **metrics})
             save_training_checkpoint(checkpoint, {"recogniser": model}, optimizer, state)
         progress.set_postfix(
-            lr=f"{lr:.2e}", loss=f"{smoothed_loss:.3f}", crops_s=f"{speed.add(args.batch_size):.0f}",
+            lr=f"{lr:.2e}",
+            loss=f"{smoothed_loss:.3f}",
+            crops_s=f"{speed.add(args.batch_size):.0f}",
             exact=f"{metrics.get('exact_match', float('nan')):.3f}",
         )
         progress.update()
@@ -143,16 +151,22 @@ def train(args: argparse.Namespace) -> dict:
     meta = {"iterations": state.iteration, "seed": args.seed}
     save_checkpoint(model.stn, Path(args.stn_output), arch="stn", **meta)
     save_checkpoint(model.lprnet, Path(args.lprnet_output), arch="lprnet", **meta)
-    report = {"iterations": state.iteration, "batch_size": args.batch_size, "final_loss": smoothed_loss,
-              "validation": metrics, "weights": [args.stn_output, args.lprnet_output]}
+    report = {
+        "iterations": state.iteration,
+        "batch_size": args.batch_size,
+        "final_loss": smoothed_loss,
+        "validation": metrics,
+        "weights": [args.stn_output, args.lprnet_output],
+    }
     write_report(run_dir / "report.json", report)
     return report
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, default=4000, help="optimiser steps")
+    parser.add_argument("--iterations", type=int, default=3000, help="optimiser steps")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--crops-per-plate", type=int, default=2, help="jittered crops cut from each rendered plate")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--warmup", type=int, default=100)
@@ -163,8 +177,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--validation-batches", type=int, default=4, help="fixed batches of 128 for validation")
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--run-dir", default="runs/recogniser", help="resumable checkpoint and report")
-    parser.add_argument("--stn-output", default="alpr/weights/stn.pt")
-    parser.add_argument("--lprnet-output", default="alpr/weights/lprnet.pt")
+    parser.add_argument("--stn-output", default=str(paths.default_weights("stn")))
+    parser.add_argument("--lprnet-output", default=str(paths.default_weights("lprnet")))
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     return parser.parse_args(argv)
 

@@ -1,0 +1,177 @@
+"""Accuracy of a set of weights: the fixed held-out synthetic set, and the real photos in ``../shared/real``.
+
+``python -m alpr.evaluate`` (``make eval``) reports, for the in-process pipeline that the served ensemble reproduces:
+detector precision, recall and AP@0.5 (at the detector graph's own confidence threshold and top-K), end-to-end
+plate exact match and character error rate (a missed plate counts as read wrong, every character an error), the
+recogniser alone on the true boxes, and on the real photos what our weights and the published ones read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from alpr import paths
+from alpr.metrics import DetectionTally, box_iou, edit_distance
+from alpr.pipeline import TorchPipeline
+from alpr.synth.dataset import HELDOUT_COUNT, HELDOUT_SEED, HELDOUT_SIZES, iter_scenes
+
+
+class ReadingTally:
+    """Exact-match rate and character error rate of plate texts."""
+
+    def __init__(self) -> None:
+        self.plates = self.exact = self.edits = self.characters = 0
+
+    def add(self, read: str, truth: str) -> None:
+        self.plates += 1
+        self.exact += read == truth
+        self.edits += edit_distance(read, truth)
+        self.characters += len(truth)
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "exact_match": self.exact / max(1, self.plates),
+            "cer": self.edits / max(1, self.characters),
+            "plates": self.plates,
+        }
+
+
+def evaluate_heldout(pipeline: TorchPipeline, count: int) -> dict:
+    """Detector, end-to-end and recogniser-only metrics on the first ``count`` held-out scenes."""
+    detection = DetectionTally()
+    end_to_end, recogniser = ReadingTally(), ReadingTally()
+    empty_scenes = empty_scenes_clean = 0
+    for scene in tqdm(iter_scenes(HELDOUT_SEED, count, HELDOUT_SIZES), total=count, desc="held-out"):
+        readings = pipeline(scene.image)
+        truth_boxes = np.array([plate.box_xyxy for plate in scene.plates], dtype=np.float64).reshape(-1, 4)
+        matched = detection.add(readings.boxes, readings.det_scores, truth_boxes)
+        for plate, prediction in zip(scene.plates, matched, strict=True):
+            end_to_end.add(readings.texts[prediction] if prediction >= 0 else "", plate.text)
+        if scene.plates:
+            texts, _ = pipeline.read_boxes(scene.image, truth_boxes)
+            for plate, text in zip(scene.plates, texts, strict=True):
+                recogniser.add(text, plate.text)
+        else:
+            empty_scenes += 1
+            empty_scenes_clean += len(readings) == 0
+    return {
+        "scenes": count,
+        "seed": HELDOUT_SEED,
+        "detector": detection.summary(),
+        "end_to_end": end_to_end.summary(),
+        "recogniser_on_true_boxes": recogniser.summary(),
+        "empty_scenes": {"scenes": empty_scenes, "answered_no_plate": empty_scenes_clean},
+    }
+
+
+def evaluate_real(pipeline: TorchPipeline, published: TorchPipeline | None, real_dir: Path) -> dict | None:
+    """What our pipeline (and the published recogniser) make of the real photos with reference labels."""
+    labels_path = real_dir / "labels.json"
+    if not labels_path.exists():
+        return None
+    labels = json.loads(labels_path.read_text())
+    report = {}
+    for name, label in labels.items():
+        image = cv2.imread(str(real_dir / name), cv2.IMREAD_COLOR)
+        readings = pipeline(image)
+        entry: dict = {
+            "detections": [
+                {"box": [round(v, 2) for v in box.tolist()], "det_score": round(float(s), 3), "text": t}
+                for box, s, t in zip(readings.boxes, readings.det_scores, readings.texts, strict=True)
+            ],
+            "reference_plates": [],
+        }
+        for plate in label["plates"]:
+            reference = np.array([plate["box_xyxy"]], dtype=np.float32)
+            iou = box_iou(readings.boxes, reference)[:, 0] if len(readings) else np.zeros(0)
+            best = int(np.argmax(iou)) if len(iou) else -1
+            found = best >= 0 and iou[best] >= 0.5
+            ours_on_reference, _ = pipeline.read_boxes(image, reference)
+            plate_report = {
+                "text": plate["text"],
+                "found_by_detector": bool(found),
+                "best_iou": round(float(iou[best]), 3) if best >= 0 else 0.0,
+                "our_text_on_detected_box": readings.texts[best] if found else None,
+                "our_text_on_reference_box": ours_on_reference[0],
+            }
+            if published is not None:
+                plate_report["published_text_on_reference_box"] = published.read_boxes(image, reference)[0][0]
+                if found:
+                    plate_report["published_text_on_detected_box"] = published.read_boxes(
+                        image, readings.boxes[best : best + 1]
+                    )[0][0]
+            entry["reference_plates"].append(plate_report)
+        report[name] = entry
+    return report
+
+
+def markdown(report: dict) -> str:
+    """A short human-readable summary of the report."""
+    held = report["heldout"]
+    det, e2e, rec = held["detector"], held["end_to_end"], held["recogniser_on_true_boxes"]
+    lines = [
+        f"Held-out synthetic set: {held['scenes']} scenes (seed {held['seed']}), {det['plates']} plates",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        f"| detector precision (IoU 0.5) | {det['precision']:.3f} |",
+        f"| detector recall (IoU 0.5) | {det['recall']:.3f} |",
+        f"| detector AP@0.5 | {det['map50']:.3f} |",
+        f"| end-to-end plate exact match | {e2e['exact_match']:.3f} |",
+        f"| end-to-end character error rate | {e2e['cer']:.3f} |",
+        f"| recogniser exact match on true boxes | {rec['exact_match']:.3f} |",
+        f"| recogniser CER on true boxes | {rec['cer']:.3f} |",
+        f"| empty scenes answered with no plate | {held['empty_scenes']['answered_no_plate']}"
+        f" / {held['empty_scenes']['scenes']} |",
+    ]
+    if report.get("real"):
+        lines += ["", "Real photos:", ""]
+        for name, entry in report["real"].items():
+            lines.append(
+                f"- {name}: {len(entry['detections'])} detection(s) {[d['text'] for d in entry['detections']]}"
+            )
+            for plate in entry["reference_plates"]:
+                lines.append(f"  - reference {plate['text']}: " + ", ".join(f"{k}={v}" for k, v in plate.items()))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in ("detector", "stn", "lprnet"):
+        parser.add_argument(f"--{name}-weights", default=str(paths.default_weights(name)))
+    parser.add_argument("--scenes", type=int, default=HELDOUT_COUNT, help="held-out scenes to use (all by default)")
+    parser.add_argument("--out", default="build/eval", help="folder for report.json and report.md")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    pipeline = TorchPipeline.from_weights(args.detector_weights, args.stn_weights, args.lprnet_weights)
+    published = None
+    if paths.published_weights("lprnet").exists() and paths.published_weights("stn").exists():
+        published = TorchPipeline.from_weights(
+            args.detector_weights, paths.published_weights("stn"), paths.published_weights("lprnet")
+        )
+    report = {
+        "weights": {"detector": args.detector_weights, "stn": args.stn_weights, "lprnet": args.lprnet_weights},
+        "heldout": evaluate_heldout(pipeline, args.scenes),
+        "real": evaluate_real(pipeline, published, paths.shared_dir() / "real"),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    summary = markdown(report)
+    (out / "report.md").write_text(summary)
+    print(summary)
+    return report
+
+
+if __name__ == "__main__":
+    main()

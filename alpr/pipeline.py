@@ -1,0 +1,110 @@
+"""The whole pipeline in one process, without a server: the reference the served ensemble must reproduce.
+
+Two runners share one sequence of steps (preprocess -> detector -> crop -> stn -> lprnet -> decode):
+``TorchPipeline`` calls the PyTorch modules the graphs are exported from, and ``OnnxPipeline`` calls the exported
+ONNX graphs with onnxruntime (the in-process floor of the benchmarks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from alpr import spec
+from alpr.ctc import decode_plates
+
+STEPS = ("preprocess", "detector", "crop", "stn", "lprnet")
+
+
+@dataclass
+class PlateReadings:
+    """What the ensemble answers for one image: N plates."""
+
+    boxes: np.ndarray  # float32 [N, 4], x1 y1 x2 y2 in input pixels
+    det_scores: np.ndarray  # float32 [N]
+    texts: list[str]
+    text_scores: np.ndarray  # float32 [N]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def _finish(logits: np.ndarray, plate_boxes: np.ndarray, plate_scores: np.ndarray) -> PlateReadings:
+    boxes, det_scores, texts, text_scores = decode_plates(logits, plate_boxes, plate_scores)
+    return PlateReadings(boxes, det_scores, [t.decode() if isinstance(t, bytes) else t for t in texts], text_scores)
+
+
+class TorchPipeline:
+    """The PyTorch modules behind the served graphs, chained as the ensemble chains them."""
+
+    def __init__(self, detector, stn, lprnet, max_plates: int = spec.MAX_PLATES) -> None:
+        import torch
+
+        from alpr.detector_graph import DetectorWithNMS
+        from alpr.geometry import Letterbox, PlateCropper
+
+        self.torch = torch
+        self.letterbox = Letterbox().eval()
+        self.detector = DetectorWithNMS(detector.eval(), max_detections=max_plates).eval()
+        self.cropper = PlateCropper().eval()
+        self.stn = stn.eval()
+        self.lprnet = lprnet.eval()
+
+    @classmethod
+    def from_weights(
+        cls, detector: str | Path, stn: str | Path, lprnet: str | Path, max_plates: int = spec.MAX_PLATES
+    ) -> TorchPipeline:
+        """Load the three checkpoints (any supported format) into a pipeline."""
+        from alpr.models import load_detector, load_lprnet, load_stn
+
+        return cls(load_detector(detector), load_stn(stn), load_lprnet(lprnet), max_plates)
+
+    def __call__(self, image: np.ndarray) -> PlateReadings:
+        """Plates of one BGR uint8 ``[H, W, 3]`` image."""
+        torch = self.torch
+        with torch.no_grad():
+            tensor = torch.from_numpy(np.ascontiguousarray(image))
+            num_dets, det_boxes, det_scores = self.detector(self.letterbox(tensor))
+            crops, plate_boxes, plate_scores = self.cropper(tensor, num_dets, det_boxes, det_scores)
+            logits = self.lprnet(self.stn(crops))
+        return _finish(logits.numpy(), plate_boxes.numpy(), plate_scores.numpy())
+
+    def read_boxes(self, image: np.ndarray, boxes: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Texts and text scores of given boxes (original pixels): the recogniser path alone."""
+        from alpr.ctc import decode_with_confidence
+        from alpr.geometry import crop_plates
+
+        with self.torch.no_grad():
+            logits = self.lprnet(self.stn(crop_plates(np.ascontiguousarray(image), np.asarray(boxes, np.float32))))
+        return decode_with_confidence(logits.numpy())
+
+
+class OnnxPipeline:
+    """The exported graphs called directly with onnxruntime, in this process."""
+
+    def __init__(self, onnx_dir: str | Path, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.sessions = {
+            step: ort.InferenceSession(
+                str(Path(onnx_dir) / f"{step}.onnx"), options, providers=["CPUExecutionProvider"]
+            )
+            for step in STEPS
+        }
+
+    def __call__(self, image: np.ndarray) -> PlateReadings:
+        """Plates of one BGR uint8 ``[H, W, 3]`` image."""
+        run = self.sessions
+        (images,) = run["preprocess"].run(None, {"image": image})
+        num_dets, det_boxes, det_scores = run["detector"].run(None, {"images": images})
+        crops, plate_boxes, plate_scores = run["crop"].run(
+            None, {"image": image, "num_dets": num_dets, "det_boxes": det_boxes, "det_scores": det_scores}
+        )
+        (rectified,) = run["stn"].run(None, {"crops": crops})
+        (logits,) = run["lprnet"].run(None, {"rectified": rectified})
+        return _finish(logits, plate_boxes, plate_scores)

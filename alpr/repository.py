@@ -1,0 +1,361 @@
+"""The Triton model repository of the pipeline, generated from one description for every serving target.
+
+Targets:
+  cpu          the Triton build bundled in nvidia-pytriton: each ONNX step runs in the Python-based backend
+               ``onnxruntime_python`` (``ensemble/onnxruntime_python/model.py``, one runner for all of them)
+  onnxruntime  the official tritonserver image: each ONNX step on the native ``onnxruntime_onnx`` platform
+  tensorrt     the official image on a GPU: each graph step as a ``tensorrt_plan`` engine on KIND_GPU instances
+
+The ensemble ``plate_recognition`` and the ``ctc_decoder`` step are the same on all targets; only the five graph
+steps change platform and instances. ``max_plates`` (K) is the one setting that the export and the configs share.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from alpr import spec
+from alpr.paths import repo_root
+from alpr.vocab import NUM_CLASSES
+
+TARGETS = ("cpu", "onnxruntime", "tensorrt")
+ONNXRUNTIME_PYTHON_BACKEND = "onnxruntime_python"
+DECODER_SOURCE = repo_root() / "ensemble" / "ctc_decoder" / "model.py"
+VERSION = "1"
+
+# Scheduling of the batching steps. The delay lets requests that arrive together share one session call; the queue
+# policy refuses work at once when the queue is full, and after the timeout when the server cannot keep up.
+BATCH_QUEUE_DELAY_US = 500
+QUEUE_TIMEOUT_US = 2_000_000
+ENTRY_QUEUE_SIZE = 64
+THREADS_PER_INSTANCE = 1
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a step: name, Triton data type and dims (without the batch dimension)."""
+
+    name: str
+    data_type: str
+    dims: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Scheduling:
+    """How Triton schedules one step: instances per target kind, dynamic batching and its queue."""
+
+    cpu_instances: int = 1
+    gpu_instances: int = 1
+    preferred_batch_sizes: tuple[int, ...] = ()
+    # Bounded queue with REJECT: only on the steps where requests wait (the entry and the batching steps).
+    max_queue_size: int = 0
+    dynamic_batching: bool = False
+
+
+@dataclass(frozen=True)
+class Step:
+    """A composing model of the ensemble."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int
+    scheduling: Scheduling
+    note: str
+    # The image input whose sides the CPU runner checks against MIN/MAX_IMAGE_SIDE.
+    image_input: str | None = None
+    # A step written in Python (its code in the repository) instead of an exported graph.
+    python_code: bool = False
+
+
+def _tensor(name: str, data_type: str, *dims: int) -> TensorSpec:
+    return TensorSpec(name, f"TYPE_{data_type}", tuple(dims))
+
+
+def graph_steps(max_plates: int = spec.MAX_PLATES) -> tuple[Step, ...]:
+    """The five steps exported as graphs (preprocess, detector, crop, stn, lprnet), per ARCHITECTURE.md."""
+    if not 1 <= max_plates <= spec.RECOGNISER_MAX_BATCH:
+        raise ValueError(f"max_plates must lie in [1, {spec.RECOGNISER_MAX_BATCH}], got {max_plates}")
+    size, k = spec.DETECTOR_SIZE, max_plates
+    crop = (3, spec.CROP_HEIGHT, spec.CROP_WIDTH)
+    return (
+        Step(
+            name="preprocess",
+            inputs=(_tensor("image", "UINT8", -1, -1, 3),),
+            outputs=(_tensor("images", "UINT8", 1, 3, size, size),),
+            max_batch_size=0,
+            scheduling=Scheduling(cpu_instances=2, max_queue_size=ENTRY_QUEUE_SIZE, dynamic_batching=True),
+            note="Letterbox to 640x640 RGB planes. The entry step: its bounded queue refuses overload.",
+            image_input="image",
+        ),
+        Step(
+            name="detector",
+            inputs=(_tensor("images", "UINT8", 3, size, size),),
+            outputs=(
+                _tensor("num_dets", "INT32", 1),
+                _tensor("det_boxes", "FP32", k, 4),
+                _tensor("det_scores", "FP32", k),
+            ),
+            max_batch_size=spec.DETECTOR_MAX_BATCH,
+            scheduling=Scheduling(
+                cpu_instances=2,
+                gpu_instances=2,
+                preferred_batch_sizes=(2, 4),
+                max_queue_size=ENTRY_QUEUE_SIZE,
+                dynamic_batching=True,
+            ),
+            note=f"YOLOv5 with NMS in the graph, padded to K = {k} boxes per image.",
+        ),
+        Step(
+            name="crop",
+            inputs=(
+                _tensor("image", "UINT8", -1, -1, 3),
+                _tensor("num_dets", "INT32", 1, 1),
+                _tensor("det_boxes", "FP32", 1, k, 4),
+                _tensor("det_scores", "FP32", 1, k),
+            ),
+            outputs=(
+                _tensor("crops", "FP32", -1, *crop),
+                _tensor("plate_boxes", "FP32", -1, 4),
+                _tensor("plate_scores", "FP32", -1),
+            ),
+            max_batch_size=0,
+            scheduling=Scheduling(cpu_instances=1),
+            note="Plate crops resampled from the original image: M = max(num_dets, 1) rows, padding scored 0.",
+        ),
+        Step(
+            name="stn",
+            inputs=(_tensor("crops", "FP32", *crop),),
+            outputs=(_tensor("rectified", "FP32", *crop),),
+            max_batch_size=spec.RECOGNISER_MAX_BATCH,
+            scheduling=Scheduling(
+                preferred_batch_sizes=(8, 16), max_queue_size=4 * ENTRY_QUEUE_SIZE, dynamic_batching=True
+            ),
+            note="Spatial transformer: the crops of one image arrive as one batch; the batcher merges images.",
+        ),
+        Step(
+            name="lprnet",
+            inputs=(_tensor("rectified", "FP32", *crop),),
+            outputs=(_tensor("logits", "FP32", NUM_CLASSES, spec.LPRNET_STEPS),),
+            max_batch_size=spec.RECOGNISER_MAX_BATCH,
+            scheduling=Scheduling(
+                preferred_batch_sizes=(8, 16), max_queue_size=4 * ENTRY_QUEUE_SIZE, dynamic_batching=True
+            ),
+            note="LPRNet: per-step class scores for greedy CTC.",
+        ),
+    )
+
+
+def decoder_step() -> Step:
+    """The Python step closing the pipeline: greedy CTC, plate confidence, padding rows dropped."""
+    return Step(
+        name="ctc_decoder",
+        inputs=(
+            _tensor("logits", "FP32", -1, NUM_CLASSES, spec.LPRNET_STEPS),
+            _tensor("plate_boxes", "FP32", -1, 4),
+            _tensor("plate_scores", "FP32", -1),
+        ),
+        outputs=(
+            _tensor("boxes", "FP32", -1, 4),
+            _tensor("det_scores", "FP32", -1),
+            _tensor("texts", "STRING", -1),
+            _tensor("text_scores", "FP32", -1),
+        ),
+        max_batch_size=0,
+        scheduling=Scheduling(cpu_instances=2),
+        python_code=True,
+        note=(
+            "Greedy CTC and plate confidence in NumPy; padding rows (plate_scores == 0) are dropped, so N <= M. "
+            "max_batch_size 0 with full shapes: as a batching model Triton 2.51 rejects the rank-1 plate_scores [M] "
+            "(it expects [M, 1]) and cannot return rank-1 outputs with zero rows (N = 0); the work is microseconds "
+            "per plate, so two instances without a batcher serve it."
+        ),
+    )
+
+
+def _parameters(config: mc.ModelConfig, values: dict[str, str]) -> None:
+    for key, value in sorted(values.items()):
+        config.parameters[key].string_value = value
+
+
+def _io(config: mc.ModelConfig, step: Step) -> None:
+    for tensor, target in [(t, config.input) for t in step.inputs] + [(t, config.output) for t in step.outputs]:
+        entry = target.add()
+        entry.name = tensor.name
+        entry.data_type = mc.DataType.Value(tensor.data_type)
+        entry.dims.extend(tensor.dims)
+
+
+def _scheduling(config: mc.ModelConfig, scheduling: Scheduling) -> None:
+    if not scheduling.dynamic_batching:
+        return
+    batching = config.dynamic_batching
+    if config.max_batch_size > 0:
+        batching.preferred_batch_size.extend(scheduling.preferred_batch_sizes)
+        batching.max_queue_delay_microseconds = BATCH_QUEUE_DELAY_US
+    policy = batching.default_queue_policy
+    policy.timeout_action = mc.ModelQueuePolicy.REJECT
+    policy.default_timeout_microseconds = QUEUE_TIMEOUT_US
+    policy.allow_timeout_override = True
+    policy.max_queue_size = scheduling.max_queue_size
+
+
+def step_config(step: Step, target: str) -> mc.ModelConfig:
+    """The Triton config of one composing model on ``target``."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
+    config = mc.ModelConfig(name=step.name, max_batch_size=step.max_batch_size)
+    _io(config, step)
+    _scheduling(config, step.scheduling)
+    group = config.instance_group.add()
+    if step.python_code:
+        config.backend = "python"
+        group.kind = mc.ModelInstanceGroup.KIND_CPU
+        group.count = step.scheduling.cpu_instances
+        return config
+    if target == "tensorrt":
+        config.platform = "tensorrt_plan"
+        config.default_model_filename = "model.plan"
+        group.kind = mc.ModelInstanceGroup.KIND_GPU
+        group.count = step.scheduling.gpu_instances
+        return config
+    group.kind = mc.ModelInstanceGroup.KIND_CPU
+    group.count = step.scheduling.cpu_instances
+    config.default_model_filename = "model.onnx"
+    threads = str(THREADS_PER_INSTANCE)
+    if target == "cpu":
+        config.backend = ONNXRUNTIME_PYTHON_BACKEND
+        parameters = {"intra_op_threads": threads, "inter_op_threads": threads}
+        if step.image_input is not None:
+            parameters |= {
+                "image_input": step.image_input,
+                "min_image_side": str(spec.MIN_IMAGE_SIDE),
+                "max_image_side": str(spec.MAX_IMAGE_SIDE),
+            }
+        _parameters(config, parameters)
+    else:
+        config.platform = "onnxruntime_onnx"
+        _parameters(config, {"intra_op_thread_count": threads, "inter_op_thread_count": threads})
+    return config
+
+
+# The dataflow of one request: (step, {step input: ensemble tensor}, {step output: ensemble tensor}).
+ENSEMBLE_WIRING: tuple[tuple[str, dict[str, str], dict[str, str]], ...] = (
+    ("preprocess", {"image": "image"}, {"images": "letterboxed"}),
+    (
+        "detector",
+        {"images": "letterboxed"},
+        {"num_dets": "num_dets", "det_boxes": "det_boxes", "det_scores": "padded_det_scores"},
+    ),
+    (
+        "crop",
+        {"image": "image", "num_dets": "num_dets", "det_boxes": "det_boxes", "det_scores": "padded_det_scores"},
+        {"crops": "crops", "plate_boxes": "plate_boxes", "plate_scores": "plate_scores"},
+    ),
+    ("stn", {"crops": "crops"}, {"rectified": "rectified"}),
+    ("lprnet", {"rectified": "rectified"}, {"logits": "logits"}),
+    (
+        "ctc_decoder",
+        {"logits": "logits", "plate_boxes": "plate_boxes", "plate_scores": "plate_scores"},
+        {"boxes": "boxes", "det_scores": "det_scores", "texts": "texts", "text_scores": "text_scores"},
+    ),
+)
+
+
+def ensemble_config() -> mc.ModelConfig:
+    """The ensemble ``plate_recognition``: one image in, its plates out; the same on every target."""
+    decoder = decoder_step()
+    config = mc.ModelConfig(name=spec.ENSEMBLE_NAME, platform="ensemble", max_batch_size=0)
+    _io(
+        config,
+        Step(
+            name=spec.ENSEMBLE_NAME,
+            inputs=(_tensor("image", "UINT8", -1, -1, 3),),
+            outputs=decoder.outputs,
+            max_batch_size=0,
+            scheduling=Scheduling(),
+            note="",
+        ),
+    )
+    for model_name, input_map, output_map in ENSEMBLE_WIRING:
+        step = config.ensemble_scheduling.step.add()
+        step.model_name = model_name
+        step.model_version = -1
+        step.input_map.update(input_map)
+        step.output_map.update(output_map)
+    return config
+
+
+ENSEMBLE_NOTE = (
+    "One BGR image UINT8 [H, W, 3] in; N plates out (N may be 0): boxes in image pixels, detector scores, texts and "
+    "their confidence. Generated by alpr/repository.py: edit that, not this file."
+)
+
+
+def config_text(config: mc.ModelConfig, note: str) -> str:
+    """``config.pbtxt`` text: a comment header, then the protobuf text format."""
+    header = "".join(f"# {line}\n" for line in _wrap(note))
+    return header + text_format.MessageToString(config)
+
+
+def _wrap(text: str, width: int = 116) -> Iterable[str]:
+    line = ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            yield line
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    if line:
+        yield line
+
+
+def repository_files(target: str, max_plates: int = spec.MAX_PLATES) -> dict[str, str]:
+    """Every text file of the repository for ``target``, by relative path (configs and the decoder's code)."""
+    files = {f"{spec.ENSEMBLE_NAME}/config.pbtxt": config_text(ensemble_config(), ENSEMBLE_NOTE)}
+    for step in (*graph_steps(max_plates), decoder_step()):
+        note = f"{step.note} Generated by alpr/repository.py for the {target} target."
+        files[f"{step.name}/config.pbtxt"] = config_text(step_config(step, target), note)
+    files[f"ctc_decoder/{VERSION}/model.py"] = DECODER_SOURCE.read_text()
+    return files
+
+
+def model_file_name(target: str) -> str:
+    """The file a graph step's version directory holds on ``target``."""
+    return "model.plan" if target == "tensorrt" else "model.onnx"
+
+
+def write_repository(
+    out_dir: str | Path,
+    target: str,
+    *,
+    max_plates: int = spec.MAX_PLATES,
+    models_dir: str | Path | None = None,
+) -> Path:
+    """Write the repository for ``target`` into ``out_dir``; returns it.
+
+    ``models_dir`` holds ``<step>.onnx`` (or ``<step>.plan`` for tensorrt) for each graph step, copied to
+    ``<step>/1/model.onnx``; without it only configs and code are written (model files already there are kept).
+    """
+    out = Path(out_dir)
+    for relative, text in repository_files(target, max_plates).items():
+        path = out / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    (out / spec.ENSEMBLE_NAME / VERSION).mkdir(exist_ok=True)
+    suffix = Path(model_file_name(target)).suffix
+    for step in graph_steps(max_plates):
+        version_dir = out / step.name / VERSION
+        version_dir.mkdir(parents=True, exist_ok=True)
+        if models_dir is not None:
+            source = Path(models_dir) / f"{step.name}{suffix}"
+            if not source.is_file():
+                raise FileNotFoundError(f"{source} is missing: export the graphs first")
+            shutil.copyfile(source, version_dir / model_file_name(target))
+    return out

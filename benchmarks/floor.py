@@ -1,0 +1,148 @@
+"""The in-process floor: the served ONNX graphs called with onnxruntime in one process, without a server.
+
+``alpr.pipeline.OnnxPipeline`` computes what the ensemble computes (same graphs, same greedy decoding) and removes
+everything serving adds: gRPC, the scheduler, the Python-backend processes and their shared-memory copies. Its
+sessions get the onnxruntime thread limit of the served instances (read from the served configs). Concurrency is
+driven by client threads sharing the sessions, each sending its next request as soon as the previous one returns,
+like perf_analyzer's concurrency mode; nothing is batched across requests. With one intra-op thread per session an
+onnxruntime call runs on the calling thread, so concurrent requests run in parallel up to the cores available.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alpr.pipeline import STEPS, OnnxPipeline
+from alpr.repository import VERSION
+from benchmarks.baseline import read_config
+
+# Thread parameters of a served step: the cpu target's runner and the native onnxruntime backend name them apart.
+INTRA_OP_PARAMETERS = ("intra_op_threads", "intra_op_thread_count")
+
+
+def served_graph(repository: Path, step: str) -> Path:
+    """The ONNX file the server runs for ``step``."""
+    config = read_config(repository / step / "config.pbtxt")
+    graph = repository / step / VERSION / (config.default_model_filename or "model.onnx")
+    if graph.suffix != ".onnx" or not graph.is_file():
+        raise FileNotFoundError(f"the floor runs ONNX graphs: {graph} is not one (build the cpu repository)")
+    return graph
+
+
+def served_intra_op_threads(repository: Path) -> int:
+    """The onnxruntime intra-op thread limit of the served graph steps (they must agree; 0 means one per core)."""
+    limits = set()
+    for step in STEPS:
+        parameters = read_config(repository / step / "config.pbtxt").parameters
+        limits.add(next((int(parameters[name].string_value) for name in INTRA_OP_PARAMETERS if name in parameters), 0))
+    if len(limits) != 1:
+        raise ValueError(f"the served steps use different intra-op thread limits {sorted(limits)}")
+    return limits.pop()
+
+
+def floor_pipeline(repository: Path, graphs_dir: Path) -> OnnxPipeline:
+    """An ``OnnxPipeline`` over the graphs served from ``repository``, linked as ``graphs_dir/<step>.onnx``."""
+    graphs_dir.mkdir(parents=True, exist_ok=True)
+    for step in STEPS:
+        link = graphs_dir / f"{step}.onnx"
+        link.unlink(missing_ok=True)
+        link.symlink_to(served_graph(repository, step).resolve())
+    return OnnxPipeline(graphs_dir, threads=served_intra_op_threads(repository))
+
+
+@dataclass(frozen=True)
+class FloorMeasurement:
+    """One concurrency level of the floor (latencies in milliseconds)."""
+
+    concurrency: int
+    throughput: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    requests: int
+    # Plates answered per image: with random-init weights the detector finds boxes regardless of the plates drawn.
+    plates_per_image: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measure_floor(
+    pipeline: OnnxPipeline,
+    images: Sequence[np.ndarray],
+    concurrency: int,
+    *,
+    duration_s: float,
+    warmup_s: float,
+    min_requests_per_slot: int = 3,
+) -> FloorMeasurement:
+    """Drive ``pipeline`` with ``concurrency`` closed-loop client threads and measure one window after a warm-up.
+
+    The window lasts ``duration_s``, longer if needed until ``min_requests_per_slot * concurrency`` answers have
+    arrived in it; throughput and latencies are those of the answers that arrive inside it. Images are taken
+    round-robin, like the entries of perf_analyzer's input data.
+    """
+    if not images:
+        raise ValueError("no images to measure with")
+    counter = itertools.count()
+    stop = threading.Event()
+    lock = threading.Lock()
+    # (sent, answered, plates) of every request, in answer order.
+    answers: list[tuple[float, float, int]] = []
+    failures: list[BaseException] = []
+
+    def client() -> None:
+        try:
+            while not stop.is_set():
+                with lock:
+                    image = images[next(counter) % len(images)]
+                sent = time.perf_counter()
+                plates = len(pipeline(image))
+                answered = time.perf_counter()
+                with lock:
+                    answers.append((sent, answered, plates))
+        except BaseException as error:  # surfaced in the calling thread below
+            failures.append(error)
+            stop.set()
+
+    clients = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
+    for thread in clients:
+        thread.start()
+    time.sleep(warmup_s)
+    window_start = time.perf_counter()
+    minimum = min_requests_per_slot * concurrency
+    while not stop.is_set():
+        time.sleep(0.05)
+        now = time.perf_counter()
+        with lock:
+            arrived = sum(1 for _, answered, _ in answers if answered >= window_start)
+        if now - window_start >= duration_s and arrived >= minimum:
+            break
+    window_end = time.perf_counter()
+    stop.set()
+    for thread in clients:
+        thread.join()
+    if failures:
+        raise RuntimeError("the in-process pipeline failed") from failures[0]
+    inside = [(sent, answered, plates) for sent, answered, plates in answers if window_start <= answered <= window_end]
+    latencies_ms = np.array([answered - sent for sent, answered, _ in inside]) * 1000.0
+    p50, p90, p95, p99 = np.percentile(latencies_ms, [50, 90, 95, 99])
+    return FloorMeasurement(
+        concurrency=concurrency,
+        throughput=len(inside) / (window_end - window_start),
+        p50_ms=float(p50),
+        p90_ms=float(p90),
+        p95_ms=float(p95),
+        p99_ms=float(p99),
+        requests=len(inside),
+        plates_per_image=float(np.mean([plates for _, _, plates in inside])),
+    )

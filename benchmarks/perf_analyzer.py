@@ -1,0 +1,250 @@
+"""Driving Triton's ``perf_analyzer``: where it lives, its command line, and its CSV report.
+
+The ``tritonclient`` wheel ships ``perf_analyzer`` into the environment's scripts folder. The binary needs
+``libb64.so.0d`` (Debian package ``libb64-0d``) and ``libcudart.so.12`` even on a CPU-only host; the latter comes
+from the PyPI package ``nvidia-cuda-runtime-cu12``, whose library folder is put on ``LD_LIBRARY_PATH`` here.
+
+One ``perf_analyzer`` process measures one concurrency: a level that does not stabilise then costs only itself, and
+the server statistics can be read around each level. When the windows never agree within the stability threshold,
+the level is measured once more over a fixed number of requests and marked unstable.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import shutil
+import subprocess
+import sysconfig
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+PERF_ANALYZER_ENV = "PERF_ANALYZER"
+UNSTABLE_MARKER = "Failed to obtain stable measurement"
+# Big enough for every output of one answer: at most MAX_PLATES boxes, scores and texts of a few bytes each.
+OUTPUT_SHARED_MEMORY_BYTES = 1 << 16
+# Upper bound on one perf_analyzer process; a level normally takes a few measurement windows.
+PROCESS_TIMEOUT_S = 600.0
+USEC_PER_MS = 1000.0
+
+
+class PerfAnalyzerError(RuntimeError):
+    """perf_analyzer is missing, cannot start, or failed; the message carries the end of its output."""
+
+
+@dataclass(frozen=True)
+class MeasurementSettings:
+    """How long and how steady each perf_analyzer measurement must be."""
+
+    measurement_interval_ms: int
+    stability_percentage: float
+    max_trials: int
+    # Requests per concurrent slot of the single fixed-size measurement taken when a level never stabilises.
+    fallback_requests_per_slot: int
+
+
+@dataclass(frozen=True)
+class PerfMeasurement:
+    """One concurrency level as perf_analyzer reports it (latencies in milliseconds, as the client sees them)."""
+
+    concurrency: int
+    throughput: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    # Server-side averages per request from the same CSV: queue, compute input/infer/output (ms).
+    server_queue_ms: float
+    server_compute_input_ms: float
+    server_compute_infer_ms: float
+    server_compute_output_ms: float
+    # Client send + "network + server send/recv" + client receive: the time outside Triton's model statistics, i.e.
+    # (de)serialisation, the gRPC frontend and the network (ms).
+    transport_ms: float
+    # Average latency: the sum of all the CSV's components (ms).
+    average_ms: float
+    stable: bool
+    command: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def find_perf_analyzer() -> Path:
+    """``$PERF_ANALYZER`` when set, else the binary the tritonclient wheel installs, else ``perf_analyzer`` on PATH."""
+    configured = os.environ.get(PERF_ANALYZER_ENV)
+    if configured:
+        return Path(configured)
+    beside_interpreter = Path(sysconfig.get_path("scripts")) / "perf_analyzer"
+    if beside_interpreter.is_file():
+        return beside_interpreter
+    on_path = shutil.which("perf_analyzer")
+    if on_path:
+        return Path(on_path)
+    raise PerfAnalyzerError(
+        "perf_analyzer not found: install tritonclient (its manylinux wheel ships the binary) or set $PERF_ANALYZER"
+    )
+
+
+def cuda_runtime_library_dir() -> Path | None:
+    """The folder of ``libcudart.so.12`` from the ``nvidia-cuda-runtime-cu12`` wheel, when installed."""
+    spec = importlib.util.find_spec("nvidia.cuda_runtime")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    library_dir = Path(next(iter(spec.submodule_search_locations))) / "lib"
+    return library_dir if library_dir.is_dir() else None
+
+
+def perf_analyzer_environment() -> dict[str, str]:
+    """This process's environment with the CUDA runtime wheel's libraries on ``LD_LIBRARY_PATH``."""
+    environment = dict(os.environ)
+    library_dir = cuda_runtime_library_dir()
+    if library_dir is not None:
+        current = environment.get("LD_LIBRARY_PATH")
+        environment["LD_LIBRARY_PATH"] = f"{library_dir}{os.pathsep}{current}" if current else str(library_dir)
+    return environment
+
+
+def why_perf_analyzer_cannot_run() -> str | None:
+    """None when ``perf_analyzer --version`` runs; otherwise the reason (missing binary or shared library)."""
+    try:
+        binary = find_perf_analyzer()
+    except PerfAnalyzerError as error:
+        return str(error)
+    try:
+        probe = subprocess.run(
+            [str(binary), "--version"], env=perf_analyzer_environment(), capture_output=True, text=True, timeout=60
+        )
+    except OSError as error:
+        return f"{binary} cannot start: {error}"
+    if probe.returncode != 0:
+        message = (probe.stderr or probe.stdout).strip()
+        hint = " (install the Debian package libb64-0d)" if "libb64" in message else ""
+        hint += " (pip install nvidia-cuda-runtime-cu12)" if "libcudart" in message else ""
+        return f"{binary} --version failed with status {probe.returncode}: {message[-500:]}{hint}"
+    return None
+
+
+def perf_command(
+    *,
+    model: str,
+    url: str,
+    input_data: Path,
+    concurrency: int,
+    csv_path: Path,
+    settings: MeasurementSettings,
+    shared_memory: bool = False,
+    request_count: int | None = None,
+) -> list[str]:
+    """The perf_analyzer command line measuring ``model`` over gRPC at one concurrency."""
+    command = [
+        str(find_perf_analyzer()),
+        "-m",
+        model,
+        "-i",
+        "grpc",
+        "-u",
+        url,
+        "--input-data",
+        str(input_data),
+        "--concurrency-range",
+        str(concurrency),
+        "--measurement-interval",
+        str(settings.measurement_interval_ms),
+        "--stability-percentage",
+        f"{settings.stability_percentage:g}",
+        "--max-trials",
+        str(settings.max_trials),
+        "-f",
+        str(csv_path),
+    ]
+    if shared_memory:
+        command += ["--shared-memory", "system", "--output-shared-memory-size", str(OUTPUT_SHARED_MEMORY_BYTES)]
+    if request_count is not None:
+        command += ["--request-count", str(request_count)]
+    return command
+
+
+def read_csv_report(csv_path: Path) -> list[dict[str, float]]:
+    """Rows of a perf_analyzer ``-f`` CSV as floats (times in microseconds, throughput in inferences/s)."""
+    with csv_path.open(newline="") as report:
+        return [{key.strip(): float(value) for key, value in row.items() if value} for row in csv.DictReader(report)]
+
+
+def measurement_from_row(row: dict[str, float], *, stable: bool, command: list[str]) -> PerfMeasurement:
+    """A ``PerfMeasurement`` from one CSV row."""
+    transport_us = row["Client Send"] + row["Network+Server Send/Recv"] + row["Client Recv"]
+    server_us = sum(row[f"Server {part}"] for part in ("Queue", "Compute Input", "Compute Infer", "Compute Output"))
+    return PerfMeasurement(
+        concurrency=int(row["Concurrency"]),
+        throughput=row["Inferences/Second"],
+        p50_ms=row["p50 latency"] / USEC_PER_MS,
+        p90_ms=row["p90 latency"] / USEC_PER_MS,
+        p95_ms=row["p95 latency"] / USEC_PER_MS,
+        p99_ms=row["p99 latency"] / USEC_PER_MS,
+        server_queue_ms=row["Server Queue"] / USEC_PER_MS,
+        server_compute_input_ms=row["Server Compute Input"] / USEC_PER_MS,
+        server_compute_infer_ms=row["Server Compute Infer"] / USEC_PER_MS,
+        server_compute_output_ms=row["Server Compute Output"] / USEC_PER_MS,
+        transport_ms=transport_us / USEC_PER_MS,
+        average_ms=(transport_us + server_us) / USEC_PER_MS,
+        stable=stable,
+        command=command,
+    )
+
+
+def _run(command: list[str], log_path: Path) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        command, env=perf_analyzer_environment(), capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S
+    )
+    with log_path.open("a") as log:
+        log.write(f"$ {' '.join(command)}\n{result.stdout}{result.stderr}\n")
+    return result
+
+
+def measure(
+    *,
+    model: str,
+    url: str,
+    input_data: Path,
+    concurrency: int,
+    out_dir: Path,
+    settings: MeasurementSettings,
+    shared_memory: bool = False,
+    label: str | None = None,
+) -> PerfMeasurement:
+    """Measure ``model`` at one concurrency; CSV and log go to ``out_dir/<label>.csv`` and ``.log``.
+
+    A level that does not stabilise within ``settings.max_trials`` windows is measured once over
+    ``fallback_requests_per_slot * concurrency`` requests and returned with ``stable=False``.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    label = label or f"{model}_c{concurrency}{'_shm' if shared_memory else ''}"
+    csv_path, log_path = out_dir / f"{label}.csv", out_dir / f"{label}.log"
+    csv_path.unlink(missing_ok=True)
+    log_path.unlink(missing_ok=True)
+    common = dict(
+        model=model,
+        url=url,
+        input_data=input_data,
+        concurrency=concurrency,
+        csv_path=csv_path,
+        settings=settings,
+        shared_memory=shared_memory,
+    )
+    command = perf_command(**common)
+    result = _run(command, log_path)
+    stable = True
+    if result.returncode != 0 and UNSTABLE_MARKER in result.stdout + result.stderr:
+        stable = False
+        command = perf_command(**common, request_count=settings.fallback_requests_per_slot * concurrency)
+        result = _run(command, log_path)
+    if result.returncode != 0 or not csv_path.is_file():
+        output = (result.stdout + result.stderr).strip()[-3000:]
+        raise PerfAnalyzerError(f"perf_analyzer failed with status {result.returncode} (log {log_path}):\n{output}")
+    rows = read_csv_report(csv_path)
+    if len(rows) != 1:
+        raise PerfAnalyzerError(f"expected one row in {csv_path}, found {len(rows)}")
+    return measurement_from_row(rows[0], stable=stable, command=command)

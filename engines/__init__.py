@@ -1,0 +1,1 @@
+"""TensorRT engines of the served graphs: building plans into a model repository and checking them against ONNX."""

@@ -1,0 +1,1 @@
+"""PyTorch -> ONNX export of the served graphs and their numeric verification."""

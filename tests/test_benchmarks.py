@@ -1,0 +1,172 @@
+"""The benchmark harness: inputs, the BLS baseline repository, the in-process floor, and one real perf_analyzer run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from alpr import spec
+from alpr.repository import graph_steps, write_repository
+from alpr.server import TritonServer
+from benchmarks.baseline import BLS_MODEL_NAME, STEP_PREFIX, baseline_models, write_baseline_repository
+from benchmarks.floor import floor_pipeline, measure_floor
+from benchmarks.inputs import (
+    MIXED_PLATE_COUNTS,
+    MIXED_SIZES,
+    SceneRequest,
+    folder_images,
+    mixed_scenes,
+    read_images,
+    read_input_data,
+    write_input_data,
+    write_scenes,
+)
+from benchmarks.perf_analyzer import MeasurementSettings, measure, why_perf_analyzer_cannot_run
+from benchmarks.run import compare_answers, composing_models
+from benchmarks.server_stats import read_counters, step_times
+
+# A short, lenient measurement: this checks that the harness works, not how fast anything is.
+SMOKE_SETTINGS = MeasurementSettings(
+    measurement_interval_ms=1000, stability_percentage=50, max_trials=4, fallback_requests_per_slot=5
+)
+SMALL_SCENES = [SceneRequest(240, 320, 0), SceneRequest(360, 480, 2), SceneRequest(270, 480, 1)]
+
+
+def parse(path: Path) -> mc.ModelConfig:
+    return text_format.Parse(path.read_text(), mc.ModelConfig())
+
+
+@pytest.fixture(scope="module")
+def small_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of three small synthetic scenes of different sizes."""
+    return write_scenes(SMALL_SCENES, tmp_path_factory.mktemp("bench") / "images", seed=3)
+
+
+@pytest.fixture(scope="module")
+def served_repository(served_pipeline, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The repository the test server serves, rebuilt from the same exported graphs."""
+    return write_repository(tmp_path_factory.mktemp("bench") / "repository", "cpu", models_dir=served_pipeline.onnx_dir)
+
+
+def test_mixed_scenes_cover_every_size_and_plate_count() -> None:
+    scenes = mixed_scenes(len(MIXED_PLATE_COUNTS))
+    for height, width in MIXED_SIZES:
+        plates = sorted(scene.plates for scene in scenes if (scene.height, scene.width) == (height, width))
+        assert plates == sorted(MIXED_PLATE_COUNTS)
+
+
+def test_input_data_carries_each_image_with_its_own_shape(small_images: Path, tmp_path: Path) -> None:
+    images = read_images(folder_images(small_images))
+    assert sorted(item.image.shape for item in images) == sorted((s.height, s.width, 3) for s in SMALL_SCENES)
+    data = write_input_data(images, tmp_path / "input.json")
+    decoded = read_input_data(data)
+    assert len(decoded) == len(images)
+    for item, array in zip(images, decoded, strict=True):
+        assert array.shape == item.image.shape
+        np.testing.assert_array_equal(array, item.image)
+
+
+def test_scenes_are_reproducible(tmp_path: Path) -> None:
+    first = read_images(folder_images(write_scenes(SMALL_SCENES[:1], tmp_path / "a", seed=5)))
+    second = read_images(folder_images(write_scenes(SMALL_SCENES[:1], tmp_path / "b", seed=5)))
+    np.testing.assert_array_equal(first[0].image, second[0].image)
+
+
+def test_baseline_repository_is_the_product_without_batching(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    for step in graph_steps():
+        (models / f"{step.name}.onnx").write_bytes(step.name.encode())
+    product = write_repository(tmp_path / "product", "cpu", models_dir=models)
+    baseline = write_baseline_repository(product, tmp_path / "baseline")
+
+    assert sorted(path.name for path in baseline.iterdir()) == sorted(baseline_models())
+    for step in graph_steps():
+        original = parse(product / step.name / "config.pbtxt")
+        derived = parse(baseline / f"{STEP_PREFIX}{step.name}" / "config.pbtxt")
+        assert derived.name == f"{STEP_PREFIX}{step.name}"
+        assert not derived.HasField("dynamic_batching")
+        assert [(group.kind, group.count) for group in derived.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 1)]
+        assert derived.max_batch_size == original.max_batch_size
+        assert derived.input == original.input and derived.output == original.output
+        assert derived.backend == original.backend and derived.parameters == original.parameters
+        assert (baseline / derived.name / "1" / "model.onnx").read_bytes() == step.name.encode()
+
+    ensemble = parse(product / spec.ENSEMBLE_NAME / "config.pbtxt")
+    bls = parse(baseline / BLS_MODEL_NAME / "config.pbtxt")
+    assert (bls.backend, bls.max_batch_size) == ("python", 0)
+    assert not bls.HasField("dynamic_batching")
+    assert bls.input == ensemble.input and bls.output == ensemble.output
+    assert sum(group.count for group in bls.instance_group) == 1
+    assert (baseline / BLS_MODEL_NAME / "1" / "model.py").is_file()
+
+
+@pytest.mark.server
+def test_floor_answers_like_the_server_and_measures(served_pipeline, served_repository, small_images, tmp_path):
+    floor = floor_pipeline(served_repository, tmp_path / "graphs")
+    images = read_images(folder_images(small_images))
+    with grpcclient.InferenceServerClient(served_pipeline.grpc_url) as client:
+        assert compare_answers(client, images, floor, with_bls=False) == {"ensemble = floor": True}
+    measurement = measure_floor(floor, [item.image for item in images], 2, duration_s=0.3, warmup_s=0.1)
+    assert measurement.requests >= 6
+    assert measurement.throughput > 0
+    assert 0 < measurement.p50_ms <= measurement.p90_ms <= measurement.p99_ms
+
+
+@pytest.mark.server
+def test_perf_analyzer_measures_the_served_ensemble(served_pipeline, served_repository, small_images, tmp_path):
+    reason = why_perf_analyzer_cannot_run()
+    if reason is not None:
+        pytest.skip(f"perf_analyzer cannot run here: {reason}")
+    input_data = write_input_data(read_images(folder_images(small_images)), tmp_path / "input.json")
+    models = composing_models(served_repository)
+    with grpcclient.InferenceServerClient(served_pipeline.grpc_url) as client:
+        before = read_counters(client)
+        measurement = measure(
+            model=spec.ENSEMBLE_NAME,
+            url=served_pipeline.grpc_url,
+            input_data=input_data,
+            concurrency=1,
+            out_dir=tmp_path,
+            settings=SMOKE_SETTINGS,
+        )
+        steps = {step.model: step for step in step_times(before, read_counters(client), models)}
+
+    assert (tmp_path / f"{spec.ENSEMBLE_NAME}_c1.csv").is_file()
+    assert measurement.concurrency == 1
+    assert measurement.throughput > 0
+    assert 0 < measurement.p50_ms <= measurement.p99_ms
+    # Every step of the ensemble served each measured request, and the server says so.
+    assert set(steps) == set(models)
+    requests = steps[spec.ENSEMBLE_NAME].requests
+    assert all(step.requests == requests for step in steps.values())
+    assert steps["detector"].compute_infer_ms > 0
+    assert steps["stn"].inferences_per_request >= 1
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_bls_baseline_serves_the_same_answers(served_pipeline, served_repository, small_images, tmp_path):
+    baseline = write_baseline_repository(served_repository, tmp_path / "baseline")
+    floor = floor_pipeline(served_repository, tmp_path / "graphs")
+    images = read_images(folder_images(small_images))
+    server = TritonServer(baseline, build_dir=tmp_path / "triton", log_path=tmp_path / "server.log")
+    with server, grpcclient.InferenceServerClient(server.endpoints.grpc_url) as client:
+        for item in images:
+            tensor = grpcclient.InferInput("image", list(item.image.shape), "UINT8")
+            tensor.set_data_from_numpy(item.image)
+            answer = client.infer(BLS_MODEL_NAME, [tensor])
+            expected = floor(item.image)
+            np.testing.assert_allclose(answer.as_numpy("boxes"), expected.boxes, atol=1e-3)
+            assert [text.decode() for text in answer.as_numpy("texts")] == expected.texts
+        statistics = {model.name: model for model in client.get_inference_statistics().model_stats}
+    # One BLS request drove each step once per image, without batching.
+    for step in graph_steps():
+        stats = statistics[STEP_PREFIX + step.name]
+        assert stats.inference_stats.success.count == len(images)
+        assert stats.execution_count == len(images)

@@ -1,0 +1,162 @@
+"""Letterbox and plate-crop geometry in PyTorch against independent NumPy/OpenCV references."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from alpr import spec
+from alpr.geometry import (
+    Letterbox,
+    PlateCropper,
+    boxes_from_letterbox,
+    boxes_to_letterbox,
+    crop_plates,
+    crop_reference,
+    letterbox_opencv,
+    letterbox_reference,
+    letterbox_transform,
+    plate_cropper_reference,
+)
+
+# Letterbox outputs are uint8: float32 (PyTorch) and float64 (NumPy) samples that straddle .5 round apart, so one
+# grey level on a small share of pixels; OpenCV's 11-bit fixed-point weights give one level on more of them.
+GREY_LEVEL = 1
+MAX_SHARE_OFF_BY_ONE = 0.01
+# Normalised crops (1/128 per grey level): float32 sample positions against float64 ones.
+CROP_TOLERANCE = 1e-3
+
+
+def photo_like(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    noise = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return cv2.GaussianBlur(noise, (5, 5), 0) if min(height, width) >= 5 else noise
+
+
+def letterbox(image: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return Letterbox()(torch.from_numpy(image)).numpy()
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "expected"),
+    [
+        (1080, 1920, (1 / 3, 0.0, 140.0)),
+        (1920, 1080, (1 / 3, 140.0, 0.0)),
+        (16, 16, (40.0, 0.0, 0.0)),
+        (640, 640, (1.0, 0.0, 0.0)),
+        (2160, 4096, (0.15625, 0.0, 151.25)),
+    ],
+)
+def test_letterbox_transform_scales_the_long_side_to_640_and_centres(height, width, expected) -> None:
+    r, pad_x, pad_y = letterbox_transform(height, width)
+    assert (r, pad_x, pad_y) == pytest.approx(expected, abs=1e-5)
+    tensors = letterbox_transform(torch.tensor(height), torch.tensor(width))
+    assert [float(t) for t in tensors] == [r, pad_x, pad_y], "tensor and Python sizes must agree to the bit"
+
+
+@pytest.mark.parametrize(
+    ("height", "width"),
+    [(1080, 1920), (1001, 357), (16, 16), (37, 1001), (2160, 4096), (4096, 2160)],
+    ids=["landscape", "portrait", "tiny", "thin", "4k", "4k-portrait"],
+)
+def test_letterbox_matches_numpy_reference(height: int, width: int) -> None:
+    image = photo_like(np.random.default_rng(height * 7 + width), height, width)
+    actual, expected = letterbox(image), letterbox_reference(image)
+    assert actual.shape == (1, 3, spec.DETECTOR_SIZE, spec.DETECTOR_SIZE) and actual.dtype == np.uint8
+    diff = np.abs(actual.astype(int) - expected.astype(int))
+    assert diff.max() <= GREY_LEVEL, f"max abs diff {diff.max()} > {GREY_LEVEL} grey level"
+    share = (diff > 0).mean()
+    assert share <= MAX_SHARE_OFF_BY_ONE, f"{share:.4f} of pixels off by one grey level (allowed 1 %)"
+
+
+@pytest.mark.parametrize(("height", "width"), [(1080, 1920), (480, 640), (700, 1000), (16, 16), (320, 320)])
+def test_letterbox_equals_opencv_resize_and_border_on_whole_pixel_geometry(height: int, width: int) -> None:
+    image = photo_like(np.random.default_rng(height + width), height, width)
+    diff = np.abs(letterbox(image).astype(int) - letterbox_opencv(image).astype(int))
+    assert diff.max() <= GREY_LEVEL, f"max abs diff {diff.max()} against cv2.resize (fixed point) > 1 grey level"
+
+
+def test_letterbox_of_a_640_square_is_the_image_in_rgb_planes() -> None:
+    image = np.random.default_rng(0).integers(0, 256, (640, 640, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(letterbox(image)[0], image[..., ::-1].transpose(2, 0, 1))
+
+
+def test_letterbox_fills_outside_the_centred_image() -> None:
+    image = np.full((1080, 1920, 3), 7, dtype=np.uint8)
+    output = letterbox(image)[0]
+    # r = 1/3: the image covers rows 140 to 499 exactly.
+    assert (output[:, :140] == spec.LETTERBOX_FILL).all() and (output[:, 500:] == spec.LETTERBOX_FILL).all()
+    assert (output[:, 140:500] == 7).all()
+
+
+def test_boxes_round_trip_through_the_letterbox() -> None:
+    boxes = torch.tensor([[94.43, 330.95, 131.89, 342.22], [0.0, 0.0, 780.0, 439.0]])
+    on_canvas = boxes_to_letterbox(boxes, 439, 780)
+    assert on_canvas[1].tolist() == pytest.approx([0.0, 139.897, 640.0, 500.103], abs=1e-3)
+    torch.testing.assert_close(boxes_from_letterbox(on_canvas, 439, 780), boxes, atol=1e-4, rtol=0)
+
+
+def test_crop_of_a_one_to_one_region_is_the_raw_pixels() -> None:
+    image = np.random.default_rng(1).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    # Grown by 20 % of its height above and below, this box spans exactly rows 100-124 and columns 50-144.
+    height = spec.CROP_HEIGHT / (1 + 2 * spec.CROP_MARGIN)
+    margin = spec.CROP_MARGIN * height
+    box = np.array([[50.0, 100 + margin, 50.0 + spec.CROP_WIDTH, 100 + margin + height]])
+    crop = crop_plates(image, box)[0].numpy()
+    raw = image[100:124, 50:144].transpose(2, 0, 1).astype(np.float32)
+    np.testing.assert_allclose(crop, (raw - spec.PLATE_MEAN) * spec.PLATE_SCALE, atol=1e-3)
+
+
+def test_crop_matches_numpy_reference_including_boxes_past_the_border() -> None:
+    rng = np.random.default_rng(2)
+    image = photo_like(rng, 439, 780)
+    x1, y1 = rng.uniform(-30, 700, 16), rng.uniform(-20, 420, 16)
+    boxes = np.stack([x1, y1, x1 + rng.uniform(1, 200, 16), y1 + rng.uniform(1, 60, 16)], 1).astype(np.float32)
+    actual = crop_plates(torch.from_numpy(image), torch.from_numpy(boxes)).numpy()
+    expected = crop_reference(image, boxes)
+    assert actual.shape == (16, 3, spec.CROP_HEIGHT, spec.CROP_WIDTH)
+    diff = np.abs(actual - expected).max()
+    assert diff <= CROP_TOLERANCE, f"max abs diff {diff:.2e} > {CROP_TOLERANCE} (normalised pixels)"
+
+
+def detections(boxes: list[list[float]], scores: list[float], k: int = spec.MAX_PLATES) -> tuple[np.ndarray, ...]:
+    det_boxes = np.zeros((1, k, 4), np.float32)
+    det_scores = np.zeros((1, k), np.float32)
+    det_boxes[0, : len(boxes)] = boxes
+    det_scores[0, : len(scores)] = scores
+    return np.array([[len(boxes)]], np.int32), det_boxes, det_scores
+
+
+def run_cropper(image: np.ndarray, *inputs: np.ndarray) -> list[np.ndarray]:
+    with torch.no_grad():
+        outputs = PlateCropper()(torch.from_numpy(image), *(torch.from_numpy(value) for value in inputs))
+    return [output.numpy() for output in outputs]
+
+
+def test_cropper_without_detections_gives_one_zero_padding_row() -> None:
+    image = photo_like(np.random.default_rng(3), 439, 780)
+    num_dets, det_boxes, det_scores = detections([[10, 200, 90, 230]], [0.9])
+    crops, plate_boxes, plate_scores = run_cropper(image, np.zeros_like(num_dets), det_boxes, det_scores)
+    assert crops.shape == (1, 3, spec.CROP_HEIGHT, spec.CROP_WIDTH)
+    assert not crops.any() and not plate_boxes.any() and plate_scores.tolist() == [0.0]
+
+
+def test_cropper_maps_boxes_back_clips_them_and_matches_reference() -> None:
+    image = photo_like(np.random.default_rng(4), 439, 780)
+    # Canvas r = 640/780 = 0.8205, pad_y = 139.897: the second box reaches past the left and bottom edges of the image.
+    inputs = detections(
+        [[77.5, 411.4, 108.2, 420.6], [-20.0, 480.0, 60.0, 520.0], [300, 200, 400, 260]], [0.9, 0.6, 0.3]
+    )
+    crops, plate_boxes, plate_scores = run_cropper(image, *inputs)
+    assert crops.shape[0] == plate_boxes.shape[0] == plate_scores.shape[0] == 3
+    assert plate_boxes[0].tolist() == pytest.approx([94.453, 330.894, 131.869, 342.106], abs=1e-3)
+    assert plate_boxes[1].tolist() == pytest.approx([0.0, 414.500, 73.125, 439.0], abs=1e-3), "clipped to 780x439"
+    np.testing.assert_array_equal(plate_scores, np.float32([0.9, 0.6, 0.3]))
+    expected = plate_cropper_reference(image, *inputs)
+    for name, actual, reference in zip(
+        ("crops", "plate_boxes", "plate_scores"), (crops, plate_boxes, plate_scores), expected, strict=True
+    ):
+        diff = np.abs(actual - reference).max()
+        assert diff <= CROP_TOLERANCE, f"{name}: max abs diff {diff:.2e} > {CROP_TOLERANCE}"

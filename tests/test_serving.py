@@ -1,0 +1,245 @@
+"""The ensemble on the real Triton server: readiness, the decoder step, zero plates, bad inputs, concurrency."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from alpr import spec
+from alpr.client import PlateRecognizer
+from alpr.metrics import box_iou, edit_distance
+from alpr.paths import shared_dir
+from alpr.vocab import CHARS, NUM_CLASSES, encode
+
+pytestmark = pytest.mark.server
+
+OUTPUTS = ("boxes", "det_scores", "texts", "text_scores")
+MODELS = ("preprocess", "detector", "crop", "stn", "lprnet", "ctc_decoder", spec.ENSEMBLE_NAME)
+
+
+# Concurrent test clients resend what the server refuses for overload: a loaded 2-core machine may drain its queues
+# slower than the queue timeout, and the tests check answers, not speed.
+OVERLOAD_RETRIES = 8
+
+
+def infer(url: str, model: str, inputs: dict[str, tuple[np.ndarray, str]], outputs=OUTPUTS) -> dict[str, np.ndarray]:
+    """One request through a fresh gRPC client: ``inputs`` maps names to (array, Triton datatype)."""
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        tensors = []
+        for name, (array, datatype) in inputs.items():
+            tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        result = client.infer(model, tensors)
+        return {name: result.as_numpy(name) for name in outputs}
+    finally:
+        client.close()
+
+
+def recognise(url: str, image: np.ndarray) -> dict[str, np.ndarray]:
+    return infer(url, spec.ENSEMBLE_NAME, {"image": (image, "UINT8")})
+
+
+def assert_same_answer(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+    assert [t.decode() for t in actual["texts"]] == [t.decode() for t in expected["texts"]]
+    for name in ("boxes", "det_scores", "text_scores"):
+        np.testing.assert_allclose(actual[name], expected[name], rtol=1e-5, atol=1e-3, err_msg=name)
+
+
+def test_server_and_every_model_are_ready(served_pipeline) -> None:
+    client = grpcclient.InferenceServerClient(served_pipeline.grpc_url)
+    assert client.is_server_ready()
+    for model in MODELS:
+        assert client.is_model_ready(model), model
+    with urllib.request.urlopen(f"http://{served_pipeline.http_url}/v2/models/{spec.ENSEMBLE_NAME}") as response:
+        metadata = json.load(response)
+    assert [tensor["name"] for tensor in metadata["outputs"]] == list(OUTPUTS)
+
+
+def test_served_ensemble_reproduces_the_in_process_graphs(served_pipeline, test_images) -> None:
+    from alpr.pipeline import OnnxPipeline
+
+    reference = OnnxPipeline(served_pipeline.onnx_dir)
+    plates_seen = 0
+    for image in test_images:
+        served = recognise(served_pipeline.grpc_url, image)
+        expected = reference(image)
+        assert_same_answer(
+            served,
+            {
+                "boxes": expected.boxes,
+                "det_scores": expected.det_scores,
+                "texts": np.array([t.encode() for t in expected.texts], dtype=object),
+                "text_scores": expected.text_scores,
+            },
+        )
+        plates_seen += len(served["texts"])
+    assert plates_seen > 0, "no test image produced a plate: the comparison above proved nothing"
+
+
+def test_plate_less_image_gives_zero_plates(served_pipeline) -> None:
+    answer = recognise(served_pipeline.grpc_url, np.full((1080, 1920, 3), 128, np.uint8))
+    assert answer["boxes"].shape == (0, 4)
+    assert answer["det_scores"].shape == (0,)
+    assert answer["texts"].shape == (0,)
+    assert answer["text_scores"].shape == (0,)
+
+
+def one_hot_logits(text: str, strength: float = 6.0) -> np.ndarray:
+    """LPRNet-shaped logits [23, 18] whose greedy CTC path spells ``text`` (blank between repeated characters)."""
+    path: list[int] = []
+    for index in encode(text):
+        if path and path[-1] == index:
+            path.append(CHARS.index("-"))
+        path.append(index)
+    path += [CHARS.index("-")] * (spec.LPRNET_STEPS - len(path))
+    logits = np.zeros((NUM_CLASSES, spec.LPRNET_STEPS), np.float32)
+    logits[path, np.arange(spec.LPRNET_STEPS)] = strength
+    return logits
+
+
+def test_decoder_reads_greedy_ctc_and_drops_padding_rows(served_pipeline) -> None:
+    texts = ["A123BC77", "", "X001XX799"]  # the middle row is padding
+    logits = np.stack([one_hot_logits(t) for t in texts])
+    boxes = np.array([[10, 20, 110, 45], [0, 0, 0, 0], [300, 200, 420, 230]], np.float32)
+    scores = np.array([0.9, 0.0, 0.6], np.float32)
+    answer = infer(
+        served_pipeline.grpc_url,
+        "ctc_decoder",
+        {"logits": (logits, "FP32"), "plate_boxes": (boxes, "FP32"), "plate_scores": (scores, "FP32")},
+    )
+    assert [t.decode() for t in answer["texts"]] == ["A123BC77", "X001XX799"]
+    np.testing.assert_array_equal(answer["boxes"], boxes[[0, 2]])
+    np.testing.assert_array_equal(answer["det_scores"], scores[[0, 2]])
+    # Every step of a one-hot logit column has the same largest softmax probability e^6 / (e^6 + 22).
+    step_probability = np.exp(6.0) / (np.exp(6.0) + NUM_CLASSES - 1)
+    np.testing.assert_allclose(answer["text_scores"], [step_probability**spec.LPRNET_STEPS] * 2, rtol=1e-5)
+
+
+def test_decoder_answers_zero_rows_for_padding_only(served_pipeline) -> None:
+    answer = infer(
+        served_pipeline.grpc_url,
+        "ctc_decoder",
+        {
+            "logits": (one_hot_logits("")[None], "FP32"),
+            "plate_boxes": (np.zeros((1, 4), np.float32), "FP32"),
+            "plate_scores": (np.zeros(1, np.float32), "FP32"),
+        },
+    )
+    assert answer["boxes"].shape == (0, 4)
+    assert answer["texts"].shape == (0,)
+
+
+def test_decoder_refuses_rows_that_disagree(served_pipeline) -> None:
+    with pytest.raises(InferenceServerException, match="disagree on the number of rows"):
+        infer(
+            served_pipeline.grpc_url,
+            "ctc_decoder",
+            {
+                "logits": (np.stack([one_hot_logits("A1")] * 2), "FP32"),
+                "plate_boxes": (np.zeros((3, 4), np.float32), "FP32"),
+                "plate_scores": (np.ones(2, np.float32), "FP32"),
+            },
+        )
+
+
+def random_bytes() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    return np.array([rng.bytes(int(n)) for n in rng.integers(1, 64, 4)], dtype=np.object_)
+
+
+BAD_INPUTS = {
+    "float32": (lambda: np.zeros((64, 64, 3), np.float32), "FP32", r"expects 'UINT8'"),
+    "grayscale_rank_2": (lambda: np.zeros((64, 64), np.uint8), "UINT8", r"unexpected shape for input 'image'"),
+    "one_channel": (lambda: np.zeros((64, 64, 1), np.uint8), "UINT8", r"unexpected shape for input 'image'"),
+    "four_channels": (lambda: np.zeros((64, 64, 4), np.uint8), "UINT8", r"unexpected shape for input 'image'"),
+    "zero_sized": (lambda: np.zeros((0, 0, 3), np.uint8), "UINT8", r"image sides must lie in \[16, 4096\]"),
+    "too_small": (lambda: np.zeros((8, 640, 3), np.uint8), "UINT8", r"image sides must lie in \[16, 4096\].*8x640"),
+    "too_large": (
+        lambda: np.zeros((10000, 10000, 3), np.uint8),
+        "UINT8",
+        r"image sides must lie in \[16, 4096\].*10000x10000",
+    ),
+    "random_bytes": (random_bytes, "BYTES", r"expects 'UINT8'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
+def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(served_pipeline, case: str) -> None:
+    make, datatype, message = BAD_INPUTS[case]
+    with pytest.raises(InferenceServerException, match=message) as error:
+        recognise_raw = {"image": (make(), datatype)}
+        infer(served_pipeline.grpc_url, spec.ENSEMBLE_NAME, recognise_raw)
+    assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
+    answer = recognise(served_pipeline.grpc_url, np.full((480, 640, 3), 128, np.uint8))
+    assert answer["boxes"].shape == (0, 4)
+
+
+def test_sixteen_concurrent_clients_get_the_sequential_answers(served_pipeline, test_images) -> None:
+    with PlateRecognizer(served_pipeline.grpc_url, retries=OVERLOAD_RETRIES) as recognizer:
+        sequential = [recognizer.recognize(image) for image in test_images]
+    clients = [PlateRecognizer(served_pipeline.grpc_url, retries=OVERLOAD_RETRIES) for _ in range(16)]
+    # Each client sends two images and the clients start on different ones, so the dynamic batches mix them.
+    work = [(client, (client + round_) % len(test_images)) for client in range(16) for round_ in range(2)]
+    try:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            answers = list(pool.map(lambda job: clients[job[0]].recognize(test_images[job[1]]), work))
+    finally:
+        for client in clients:
+            client.close()
+    for (_, index), plates in zip(work, answers, strict=True):
+        expected = sequential[index]
+        assert [p.text for p in plates] == [p.text for p in expected]
+        for name in ("box", "det_score", "text_score"):
+            np.testing.assert_allclose(
+                [getattr(p, name) for p in plates], [getattr(p, name) for p in expected], rtol=1e-5, atol=1e-3
+            )
+
+
+def test_real_photo_reads_the_labelled_plate(served_pipeline) -> None:
+    """With trained weights: the van's plate in car.jpg is found and read (one character is the model's limit)."""
+    if not served_pipeline.trained:
+        pytest.skip("needs the committed trained weights alpr/weights/*.pt")
+    real = shared_dir() / "real"
+    if not (real / "car.jpg").is_file():
+        pytest.skip(f"real photos absent from {real}")
+    import cv2
+
+    labels = json.loads((real / "labels.json").read_text())
+    (label,) = labels["car.jpg"]["plates"]
+    answer = recognise(served_pipeline.grpc_url, cv2.imread(str(real / "car.jpg"), cv2.IMREAD_COLOR))
+    ious = box_iou(answer["boxes"], np.array(label["box_xyxy"]))[:, 0]
+    assert ious.size and ious.max() > 0.5, f"no box matches {label['box_xyxy']}: {answer['boxes']}"
+    text = answer["texts"][int(np.argmax(ious))].decode()
+    assert edit_distance(text, label["text"]) <= 1, text
+    cat = recognise(served_pipeline.grpc_url, cv2.imread(str(real / "cat.jpeg"), cv2.IMREAD_COLOR))
+    assert cat["texts"].shape == (0,)
+
+
+def test_synthetic_plate_is_read(served_pipeline) -> None:
+    """With trained weights: a clean rendered plate on a plain background is found and read exactly."""
+    if not served_pipeline.trained:
+        pytest.skip("needs the committed trained weights alpr/weights/*.pt")
+    import cv2
+
+    from alpr.synth.plates import FORMATS_BY_NAME, PlateText, render_plate
+
+    plate_text = PlateText(FORMATS_BY_NAME["type1"], "B840CK", "197")
+    plate = render_plate(plate_text)
+    width = 260
+    plate = cv2.resize(plate, (width, round(plate.shape[0] * width / plate.shape[1])), interpolation=cv2.INTER_AREA)
+    scene = np.full((720, 1280, 3), 90, np.uint8)
+    top, left = 420, 510
+    scene[top : top + plate.shape[0], left : left + width] = plate
+    answer = recognise(served_pipeline.grpc_url, scene)
+    truth = np.array([left, top, left + width, top + plate.shape[0]], np.float32)
+    ious = box_iou(answer["boxes"], truth)[:, 0]
+    assert ious.size and ious.max() > 0.5, answer["boxes"]
+    assert answer["texts"][int(np.argmax(ious))].decode() == plate_text.text
