@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import urllib.error
@@ -149,10 +150,16 @@ def server_environment(installation: TritonInstallation) -> dict[str, str]:
     environment = dict(os.environ)
     interpreter_dir = str(Path(sys.executable).parent)
     environment["PATH"] = os.pathsep.join([interpreter_dir, environment.get("PATH", "")])
-    if installation.library_directory is not None:
-        library_path = environment.get("LD_LIBRARY_PATH")
-        libraries = str(installation.library_directory)
-        environment["LD_LIBRARY_PATH"] = f"{libraries}{os.pathsep}{library_path}" if library_path else libraries
+    # The bundled libraries, and the interpreter's own libpython, which the Python stub links against: a Python
+    # built outside the system packages (pyenv, conda) keeps it beside itself rather than in the system folders.
+    libraries = [str(installation.library_directory)] if installation.library_directory is not None else []
+    python_libdir = sysconfig.get_config_var("LIBDIR")
+    if python_libdir and Path(python_libdir, f"libpython{sys.version_info[0]}.{sys.version_info[1]}.so.1.0").exists():
+        libraries.append(python_libdir)
+    if environment.get("LD_LIBRARY_PATH"):
+        libraries.append(environment["LD_LIBRARY_PATH"])
+    if libraries:
+        environment["LD_LIBRARY_PATH"] = os.pathsep.join(libraries)
     return environment
 
 

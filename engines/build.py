@@ -2,8 +2,10 @@
 
 The repository (``alpr/repository.py``, target ``tensorrt``) decides what each step runs on. For every model whose
 config says ``platform: "tensorrt_plan"`` this tool builds ``<repository>/<model>/1/model.plan`` from
-``<onnx-dir>/<model>.onnx`` (the detector from its TensorRT variant, ``detector_trt.onnx``, whose NMS is the
-``EfficientNMS_TRT`` plugin); a step the repository serves with ``onnxruntime_onnx`` gets its ONNX graph copied.
+``<onnx-dir>/<model>.onnx``, or from the TensorRT variant of ``export/tensorrt_variant.py`` where there is one
+(``detector_trt.onnx``, whose NMS is the ``EfficientNMS_TRT`` plugin; ``preprocess_trt.onnx`` and ``crop_trt.onnx``,
+which convert the uint8 image to float first); a step the repository serves with ``onnxruntime_onnx`` gets its
+ONNX graph copied.
 
 Optimization profiles come from the configs themselves, so a plan always accepts what Triton will send it:
 a batching model (``max_batch_size`` B > 0) gets batch 1..B, optimised for its largest preferred batch size; an
@@ -53,8 +55,8 @@ PRECISIONS = ("fp32", "fp16", "int8")
 EXACT_STEPS = frozenset({"preprocess", "crop"})
 # Steps quantized under --precision int8; the others fall back to fp16 (STN) or fp32 (EXACT_STEPS).
 INT8_STEPS = frozenset({"detector", "lprnet"})
-# ONNX graph of each step, where it is not "<step>.onnx".
-ONNX_FILES = {"detector": "detector_trt.onnx"}
+# The TensorRT variants (export/tensorrt_variant.py) that plans are built from; the other steps use "<step>.onnx".
+TENSORRT_GRAPHS = {"detector": "detector_trt.onnx", "preprocess": "preprocess_trt.onnx", "crop": "crop_trt.onnx"}
 OPTIMAL_IMAGE_SIDES = (1080, 1920)
 DEFAULT_WORKSPACE_GIB = 4.0
 TRTEXEC_FALLBACK = Path("/usr/src/tensorrt/bin/trtexec")
@@ -148,7 +150,7 @@ def step_precision(model: str, requested: str) -> str:
 
 def onnx_path(onnx_dir: Path, model: str) -> Path:
     """The ONNX graph a step's plan is built from."""
-    return onnx_dir / ONNX_FILES.get(model, f"{model}.onnx")
+    return onnx_dir / TENSORRT_GRAPHS.get(model, f"{model}.onnx")
 
 
 # Where plans are cached.
@@ -347,9 +349,7 @@ def plan_jobs(
             continue
         graph = onnx_path(onnx_dir, config.name)
         if not graph.is_file():
-            raise BuildError(
-                f"{graph} is missing: export the ONNX graphs first (make onnx, export/tensorrt_variant.py)"
-            )
+            raise BuildError(f"{graph} is missing: export the graphs (make onnx, export/tensorrt_variant.py)")
         model_precision = step_precision(config.name, precision)
         cache = None
         if model_precision == "int8":
@@ -406,7 +406,9 @@ def build_repository(
     gpu = gpu_name()
     print(f"TensorRT {trt_version} ({builder.name}) on {gpu}; plans cached in {cache_dir}", flush=True)
     workspace_bytes = int(workspace_gib * 2**30)
-    for config, job in plan_jobs(repository, onnx_dir, precision, models, calibration_dir):
+    # Every job is checked (graph present, calibration cache present) before the first, slow build starts.
+    jobs = list(plan_jobs(repository, onnx_dir, precision, models, calibration_dir))
+    for config, job in jobs:
         cached = cached_plan_path(cache_dir, gpu, trt_version, job)
         started = time.perf_counter()
         built = build_plan(builder, job, cached, workspace_bytes, force)

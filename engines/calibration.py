@@ -86,13 +86,14 @@ def calibration_images(
     import json
 
     import cv2
+
     from alpr.synth.scenes import make_scene
 
     rng = np.random.default_rng(CALIBRATION_SEED)
     for index in range(count):
         height, width = FRAME_SIZES[index % len(FRAME_SIZES)]
-        image, boxes = make_scene(rng, height, width)[:2]
-        yield image, np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        scene = make_scene(rng, height, width, num_plates=int(rng.integers(0, 5)))
+        yield scene.image, np.asarray([plate.box_xyxy for plate in scene.plates], np.float32).reshape(-1, 4)
     for path in extra:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
@@ -174,6 +175,11 @@ def write_calibration_caches(
         optimal_batch = job.profile[next(iter(job.profile))].optimum[0]
         calibrator = entropy_calibrator(builder.trt, cache, steps[config.name](optimal_batch))
         scratch = cache.with_suffix(".calibration.plan")
-        builder.build(job, scratch, 2**30, calibrator=calibrator)
-        scratch.unlink(missing_ok=True)
+        try:
+            builder.build(job, scratch, 2**30, calibrator=calibrator)
+        except BaseException:
+            cache.unlink(missing_ok=True)  # never leave the empty placeholder to be replayed
+            raise
+        finally:
+            scratch.unlink(missing_ok=True)
         print(f"  {config.name:<11} calibration cache -> {cache}", flush=True)

@@ -196,7 +196,7 @@ def synthetic_images(count: int, seed: int = 0) -> list[np.ndarray]:
 
     rng = np.random.default_rng(seed)
     sizes = ((1080, 1920), (720, 1280), (480, 640), (1280, 720))
-    return [make_scene(rng, *sizes[index % len(sizes)])[0] for index in range(count)]
+    return [make_scene(rng, *sizes[index % len(sizes)], num_plates=1 + index % 4).image for index in range(count)]
 
 
 def read_images(paths: Iterable[Path]) -> list[np.ndarray]:

@@ -1,8 +1,9 @@
-"""The TensorRT variant of the detector graph: YOLOv5 with NMS done by TensorRT's ``EfficientNMS_TRT`` plugin.
+"""The TensorRT variants of the served graphs: what ``engines/build.py`` builds plans from.
 
-The ONNX detector ends in ONNX ``NonMaxSuppression`` padded to a fixed top-K. TensorRT parses that operator too, but
-the ``EfficientNMS_TRT`` plugin does the same job in one fused kernel with fixed-shape outputs per image, so the
-TensorRT target exports this graph instead. It keeps the served contract of the ONNX detector exactly:
+**Detector** (``detector_trt.onnx``): YOLOv5 with NMS done by TensorRT's ``EfficientNMS_TRT`` plugin. The ONNX
+detector ends in ONNX ``NonMaxSuppression`` padded to a fixed top-K. TensorRT parses that operator too, but the
+plugin does the same job in one fused kernel with fixed-shape outputs per image. The variant keeps the served
+contract of the ONNX detector exactly:
 
     images     UINT8 [B, 3, 640, 640]
     num_dets   INT32 [B, 1]      detections kept per image
@@ -14,18 +15,22 @@ The plugin node (TensorRT plugin registry name ``EfficientNMS_TRT``, ``plugin_ve
 answers ``num_detections``, ``detection_boxes``, ``detection_scores`` and ``detection_classes``; the last is
 dropped. TensorRT's ONNX parser finds a plugin by the node's op type whatever its domain; the node lives in the
 ``trt.plugins`` domain, the one onnxruntime's TensorRT provider reserves for TensorRT plugins, which also keeps
-``onnx.checker`` from looking for it among the standard operators.
+``onnx.checker`` from looking for it among the standard operators. A graph with this node does not run in
+onnxruntime, so ``EfficientNMS.forward`` reproduces the plugin in PyTorch: the eager module gives the same shapes
+and, up to ties, the same detections.
 
-A graph with this node does not run in onnxruntime, so ``EfficientNMS.forward`` reproduces the plugin in PyTorch:
-the eager module gives the same shapes and, up to ties, the same detections.
+**Preprocess and crop** (``preprocess_trt.onnx``, ``crop_trt.onnx``): the same modules, run on the uint8 image
+converted to float32 first. TensorRT admits uint8 tensors only at the network's edges, converted by a cast, while
+the ONNX graphs gather their samples straight from the uint8 image to avoid copying a full frame on the CPU. The
+results are identical (each sample is the same integer either way) and the graphs run in onnxruntime.
 
-    python export/tensorrt_variant.py --out build/onnx/detector_trt.onnx [--detector-weights W] [--max-plates K]
-                                      [--random-init]
+    python export/tensorrt_variant.py --out-dir build/onnx [--detector-weights W] [--max-plates K] [--random-init]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import warnings
 from dataclasses import dataclass
@@ -40,7 +45,8 @@ from torch import nn
 
 from alpr import spec
 from alpr.detector_graph import DetectorWithNMS
-from export.to_onnx import networks_from_arguments, served_graphs, weight_arguments
+from engines.build import TENSORRT_GRAPHS
+from export.to_onnx import Graph, export_graph, networks_from_arguments, served_graphs, weight_arguments
 
 PLUGIN_NAME = "EfficientNMS_TRT"
 PLUGIN_DOMAIN = "trt.plugins"
@@ -233,14 +239,41 @@ def export_tensorrt_detector(detector: DetectorWithNMS, out: str | Path) -> Path
     return out
 
 
+class FloatImage(nn.Module):
+    """A step that reads an HWC uint8 ``image`` first input, run on that image converted to float32."""
+
+    def __init__(self, step: nn.Module) -> None:
+        super().__init__()
+        self.step = step
+
+    def forward(self, image: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...] | torch.Tensor:
+        return self.step(image.to(torch.float32), *others)
+
+
+def float_image_graph(graph: Graph) -> Graph:
+    """``graph`` (preprocess or crop) with its image converted to float32 before any other operation."""
+    return dataclasses.replace(graph, module=FloatImage(graph.module))
+
+
+def export_variants(graphs: dict[str, Graph], out_dir: str | Path) -> dict[str, Path]:
+    """Write every TensorRT variant into ``out_dir``, from the served graphs of ``export/to_onnx.py``."""
+    out = Path(out_dir)
+    written = {"detector": export_tensorrt_detector(graphs["detector"].module, out / TENSORRT_GRAPHS["detector"])}
+    for name in ("preprocess", "crop"):
+        written[name] = export_graph(float_image_graph(graphs[name]), out / TENSORRT_GRAPHS[name])
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="e.g. build/onnx/detector_trt.onnx")
+    parser.add_argument("--out-dir", type=Path, required=True, help="where the ONNX graphs are, e.g. build/onnx")
     weight_arguments(parser)
     args = parser.parse_args(argv)
-    # The very detector module the ONNX export traces, so both graphs share weights, thresholds and K.
-    detector = served_graphs(networks_from_arguments(args), args.max_plates)["detector"].module
-    print(f"TensorRT detector graph written to {export_tensorrt_detector(detector, args.out)}")
+    torch.set_num_threads(min(torch.get_num_threads(), 4))
+    # The very modules the ONNX export traces, so both sets of graphs share weights, thresholds and K.
+    graphs = served_graphs(networks_from_arguments(args), args.max_plates)
+    for name, path in export_variants(graphs, args.out_dir).items():
+        print(f"{name:<10} -> {path} (TensorRT variant)")
     return 0
 
 

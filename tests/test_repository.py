@@ -164,14 +164,13 @@ def test_committed_repository_is_the_generated_cpu_repository() -> None:
         assert committed[path] == text, f"{path} differs from the generator; {regenerate}"
 
 
-@pytest.mark.parametrize("target", ["cpu", "tensorrt"])
-def test_write_repository_copies_the_model_files(tmp_path, target: str) -> None:
-    models = tmp_path / "models"
-    models.mkdir()
-    suffix = ".plan" if target == "tensorrt" else ".onnx"
+@pytest.mark.parametrize("target", ["cpu", "onnxruntime"])
+def test_write_repository_copies_the_onnx_graphs(tmp_path, target: str) -> None:
+    onnx_dir = tmp_path / "onnx"
+    onnx_dir.mkdir()
     for step in graph_steps():
-        (models / f"{step.name}{suffix}").write_bytes(step.name.encode())
-    out = write_repository(tmp_path / "repository", target, models_dir=models)
+        (onnx_dir / f"{step.name}.onnx").write_bytes(step.name.encode())
+    out = write_repository(tmp_path / "repository", target, models_dir=onnx_dir)
     for step in graph_steps():
         assert (out / step.name / "1" / model_file_name(target)).read_bytes() == step.name.encode()
     assert (out / spec.ENSEMBLE_NAME / "1").is_dir()
@@ -181,3 +180,11 @@ def test_write_repository_copies_the_model_files(tmp_path, target: str) -> None:
 def test_write_repository_names_a_missing_graph(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match=r"preprocess\.onnx"):
         write_repository(tmp_path / "repository", "cpu", models_dir=tmp_path)
+
+
+def test_tensorrt_repository_takes_no_onnx_graphs(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"engines\.build"):
+        write_repository(tmp_path / "repository", "tensorrt", models_dir=tmp_path)
+    out = write_repository(tmp_path / "repository", "tensorrt")
+    assert (out / "detector" / "config.pbtxt").is_file()
+    assert not list(out.rglob("model.plan"))

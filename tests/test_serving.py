@@ -243,3 +243,24 @@ def test_synthetic_plate_is_read(served_pipeline) -> None:
     ious = box_iou(answer["boxes"], truth)[:, 0]
     assert ious.size and ious.max() > 0.5, answer["boxes"]
     assert answer["texts"][int(np.argmax(ious))].decode() == plate_text.text
+
+
+def test_a_graph_exported_for_another_max_plates_is_refused_at_load(served_pipeline, tmp_path) -> None:
+    """K is one setting: a detector exported with K = 8 does not load under configs generated for K = 5."""
+    from alpr.repository import repository_files
+    from alpr.server import TritonServer, TritonStartError
+
+    repository = tmp_path / "repository"
+    (repository / "detector" / "1").mkdir(parents=True)
+    (repository / "detector" / "config.pbtxt").write_text(
+        repository_files("cpu", max_plates=5)["detector/config.pbtxt"]
+    )
+    (repository / "detector" / "1" / "model.onnx").write_bytes(
+        (served_pipeline.onnx_dir / "detector.onnx").read_bytes()
+    )
+    server = TritonServer(
+        repository, build_dir=tmp_path / "triton", log_path=tmp_path / "log.txt", startup_timeout_s=120
+    )
+    with pytest.raises(TritonStartError, match=r"model\.onnx does not match config\.pbtxt: det_boxes"):
+        server.start()
+    assert server.process is not None and server.process.poll() is not None

@@ -58,10 +58,9 @@ def test_rendered_plate_is_white_with_dark_characters_where_expected() -> None:
     assert np.median(grey) > 200, "mostly white background"
     main_part, region = grey[15:95, 20:370], grey[8:62, 400:510]
     assert (main_part < 80).mean() > 0.1 and (region < 80).mean() > 0.1, "ink in the main part and the region code"
-    # Letters are lower than digits: the first letter's cell has no ink in the band where only digits reach.
-    top_band = grey[:40]
-    first_letter, first_digit = top_band[:, 20:80], top_band[:, 90:150]
-    assert (first_letter < 80).sum() < (first_digit < 80).sum()
+    # Letters are lower than digits: the topmost ink of the first letter is below that of the first digit.
+    first_letter, first_digit = grey[8:100, 35:68] < 80, grey[8:100, 95:130] < 80
+    assert first_letter.any(axis=1).argmax() > first_digit.any(axis=1).argmax() + 8
 
 
 def test_different_texts_render_differently_and_rendering_is_deterministic() -> None:
@@ -181,18 +180,15 @@ def test_written_dataset_is_consistent_and_reproducible(tmp_path: Path) -> None:
         assert ANY_PLATE_PATTERN.fullmatch(record["text"])
 
 
-def test_missing_font_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert fonts.plate_font_path().is_file()
-    monkeypatch.setenv(fonts.PLATE_FONT_ENV, "/nonexistent/plate.ttf")
-    fonts.plate_font_path.cache_clear()
-    try:
-        with pytest.raises(fonts.PlateFontNotFoundError):
-            fonts.plate_font_path()
-    finally:
-        monkeypatch.delenv(fonts.PLATE_FONT_ENV)
-        fonts.plate_font_path.cache_clear()
-    message = fonts.missing_font_message()
-    assert fonts.PLATE_FONT_PACKAGE in message
+def test_plate_fonts_are_found_and_a_missing_one_names_its_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    for face in (fonts.MAIN_FACE, fonts.FIGURES_FACE):
+        assert fonts.font_path(face).is_file()
+    assert fonts.glyph_font_path("6") != fonts.glyph_font_path("8")
+    absent = fonts.FontFace("No Such Plate Face", "fonts-no-such-plate", ("/nonexistent/plate.ttf",), "ALPR_NO_SUCH")
+    with pytest.raises(fonts.PlateFontNotFoundError, match="fonts-no-such-plate"):
+        fonts.font_path(absent)
+    monkeypatch.setenv(absent.env, str(fonts.font_path(fonts.MAIN_FACE)))
+    assert fonts.font_path.__wrapped__(absent) == fonts.font_path(fonts.MAIN_FACE)
 
 
 def test_published_recogniser_reads_synthetic_plates() -> None:

@@ -1,7 +1,11 @@
-"""Locating the plate typeface.
+"""Locating the plate typefaces.
 
-Russian plates use a narrow DIN-like face (GOST R 50577). The closest free match in the package registries is
-OSP-DIN from Debian's ``fonts-opendin`` (a DIN 1451 Mittelschrift revival). ``ALPR_PLATE_FONT`` overrides the lookup.
+Russian plates use a narrow DIN-like face (GOST R 50577). The closest free match in the package registries is OSP-DIN
+from Debian's ``fonts-opendin`` (a DIN 1451 Mittelschrift revival). Its 5, 6 and 9 end in curled hooks, whereas the
+plate figures have straight diagonal strokes; those three come from Roadgeek 2014 Series D (``fonts-roadgeek``, a
+road-sign face). The published recogniser, trained on real plates, reads 6 and 9 drawn in OSP-DIN as 8.
+
+Each face is found at its usual install path, else through ``fc-match``; an environment variable overrides either.
 """
 
 from __future__ import annotations
@@ -10,20 +14,39 @@ import functools
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
-PLATE_FONT_ENV = "ALPR_PLATE_FONT"
-PLATE_FONT_FAMILY = "OSP-DIN"
-PLATE_FONT_PACKAGE = "fonts-opendin"
-KNOWN_PLATE_FONT_PATHS = (
-    "/usr/share/fonts/truetype/opendin/OSP-DIN.ttf",
-    "/usr/local/share/fonts/OSP-DIN.ttf",
-    "/Library/Fonts/OSP-DIN.ttf",
+
+@dataclass(frozen=True)
+class FontFace:
+    """A TrueType face: its family name, the Debian package that installs it, known paths and an override variable."""
+
+    family: str
+    package: str
+    known_paths: tuple[str, ...]
+    env: str
+
+
+MAIN_FACE = FontFace(
+    "OSP-DIN",
+    "fonts-opendin",
+    ("/usr/share/fonts/truetype/opendin/OSP-DIN.ttf", "/usr/local/share/fonts/OSP-DIN.ttf"),
+    "ALPR_PLATE_FONT",
 )
+FIGURES_FACE = FontFace(
+    "Roadgeek 2014 Series D",
+    "fonts-roadgeek",
+    ("/usr/share/fonts/truetype/roadgeek/RG2014D.ttf", "/usr/local/share/fonts/RG2014D.ttf"),
+    "ALPR_PLATE_FIGURES_FONT",
+)
+# Characters drawn from FIGURES_FACE; every other one from MAIN_FACE.
+FIGURES_FACE_CHARS = frozenset("569")
+PLATE_FONT_PACKAGES = (MAIN_FACE.package, FIGURES_FACE.package)
 
 
 class PlateFontNotFoundError(FileNotFoundError):
-    """The plate typeface is not installed."""
+    """A plate typeface is not installed."""
 
 
 def _fc_match(family: str) -> Path | None:
@@ -42,26 +65,31 @@ def _fc_match(family: str) -> Path | None:
     return Path(lines[1])
 
 
+def missing_font_message(face: FontFace) -> str:
+    """What to do when ``face`` is missing."""
+    return (
+        f"the plate font {face.family} is not installed: `apt-get install {face.package}` (Debian), "
+        f"or point {face.env} at its TrueType file"
+    )
+
+
 @functools.cache
-def plate_font_path() -> Path:
-    """Path of the TrueType file used for plate characters; raises ``PlateFontNotFoundError`` when it is missing."""
-    override = os.environ.get(PLATE_FONT_ENV)
+def font_path(face: FontFace) -> Path:
+    """Path of the TrueType file of ``face``; raises ``PlateFontNotFoundError`` when it is missing."""
+    override = os.environ.get(face.env)
     if override:
         if not Path(override).is_file():
-            raise PlateFontNotFoundError(f"{PLATE_FONT_ENV}={override} is not a file")
+            raise PlateFontNotFoundError(f"{face.env}={override} is not a file")
         return Path(override)
-    for candidate in KNOWN_PLATE_FONT_PATHS:
+    for candidate in face.known_paths:
         if Path(candidate).is_file():
             return Path(candidate)
-    matched = _fc_match(PLATE_FONT_FAMILY)
+    matched = _fc_match(face.family)
     if matched is not None and matched.is_file():
         return matched
-    raise PlateFontNotFoundError(missing_font_message())
+    raise PlateFontNotFoundError(missing_font_message(face))
 
 
-def missing_font_message() -> str:
-    """What to do when the plate font is missing."""
-    return (
-        f"the plate font {PLATE_FONT_FAMILY} is not installed: `apt-get install {PLATE_FONT_PACKAGE}` (Debian), "
-        f"or point {PLATE_FONT_ENV} at a DIN-like TrueType file"
-    )
+def glyph_font_path(char: str) -> Path:
+    """The TrueType file to draw ``char`` with."""
+    return font_path(FIGURES_FACE if char in FIGURES_FACE_CHARS else MAIN_FACE)

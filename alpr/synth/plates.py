@@ -11,13 +11,14 @@ import functools
 import itertools
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from alpr.synth.fonts import plate_font_path
+from alpr.synth.fonts import glyph_font_path
 from alpr.vocab import DIGITS, LETTERS
 
 PLATE_WIDTH_MM = 520
@@ -102,19 +103,19 @@ class PlateGeometry:
     border_inset: float = 2.0
     border_width: float = 2.5
     corner_radius: float = 6.0
-    separator_x: float = 405.0
+    separator_x: float = 390.0
     separator_width: float = 2.5
     digit_height: float = 58.0
     letter_height: float = 42.0
-    baseline_y: float = 88.0
-    digit_stretch: float = 1.45  # horizontal scale of the font's digits to reach the plate's wider figures
-    letter_stretch: float = 1.6
-    char_gap: float = 9.0
+    baseline_y: float = 92.0
+    digit_stretch: float = 1.9  # horizontal scale: the plate's figures are much wider than DIN Mittelschrift's
+    letter_stretch: float = 2.2
+    char_gap: float = 11.0
     group_gap: float = 18.0
-    region_height: float = 40.0
-    region_top: float = 12.0
-    region_stretch: float = 1.25
-    region_three_digit_stretch: float = 1.05
+    region_height: float = 50.0
+    region_top: float = 10.0
+    region_stretch: float = 1.65
+    region_three_digit_stretch: float = 1.35
     region_gap: float = 5.0
     rus_height: float = 11.0
     rus_baseline_y: float = 99.0
@@ -131,24 +132,23 @@ DEFAULT_GEOMETRY = PlateGeometry()
 
 
 @functools.cache
-def _font(size_px: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.truetype(str(plate_font_path()), size_px)
+def _font(path: Path, size_px: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(str(path), size_px)
 
 
 @functools.cache
-def _cap_height_ratio() -> float:
-    """Rendered height of a digit divided by the font size."""
+def _cap_height_ratio(path: Path) -> float:
+    """Rendered height of the figure 8 divided by the font size, for the face in ``path``."""
     size = 200
-    return _glyph_at_size("8", size).shape[0] / size
+    return _render_glyph("8", _font(path, size)).shape[0] / size
 
 
-@functools.cache
-def _glyph_at_size(char: str, size_px: int) -> np.ndarray:
-    font = _font(size_px)
-    canvas = Image.new("L", (size_px * 2, size_px * 2))
-    ImageDraw.Draw(canvas).text((size_px // 2, size_px // 2), char, font=font, fill=255)
-    left, top, right, bottom = canvas.getbbox()
-    return np.asarray(canvas.crop((left, top, right, bottom)), dtype=np.float32) / 255.0
+def _render_glyph(char: str, font: ImageFont.FreeTypeFont) -> np.ndarray:
+    """Ink coverage (float32 0..1) of ``char`` cropped to its ink."""
+    size = round(font.size)
+    canvas = Image.new("L", (size * 2, size * 2))
+    ImageDraw.Draw(canvas).text((size // 2, size // 2), char, font=font, fill=255)
+    return np.asarray(canvas.crop(canvas.getbbox()), dtype=np.float32) / 255.0
 
 
 @functools.cache
@@ -157,11 +157,11 @@ def glyph_mask(
 ) -> np.ndarray:
     """Ink coverage (float32 0..1) of ``char`` scaled to ``height_px`` tall and ``stretch`` times its natural width.
 
-    ``max_width`` narrows wide glyphs ("M") to the plate's fixed pitch; ``boldness`` thickens strokes by that many
-    pixels (a dilation), imitating worn or heavier stamping.
+    ``max_width`` narrows wide glyphs ("M", and the figures of the wider second face) to the plate's fixed pitch;
+    ``boldness`` thickens strokes by that many pixels (a dilation), imitating worn or heavier stamping.
     """
-    size = max(4, round(height_px / _cap_height_ratio()))
-    glyph = _glyph_at_size(char, size)
+    path = glyph_font_path(char)
+    glyph = _render_glyph(char, _font(path, max(4, round(height_px / _cap_height_ratio(path)))))
     width = max(1, round(glyph.shape[1] * height_px / glyph.shape[0] * stretch))
     if max_width is not None:
         width = min(width, max_width)
@@ -247,8 +247,18 @@ def _rounded_rectangle(
         cv2.ellipse(canvas, centre, (r, r), 0, start, start + 90, 255, thickness, cv2.LINE_AA)
 
 
+class GlyphStyle(NamedTuple):
+    """Per-plate variation of the characters: extra stroke weight in pixels and a small change of size."""
+
+    boldness: int = 0
+    scale: float = 1.0
+
+
+GLYPH_SCALES = (0.96, 1.0, 1.03)  # few distinct sizes keep the glyph cache small
+
+
 def _main_part_ink(
-    ink: np.ndarray, plate_text: PlateText, geometry: PlateGeometry, rng: np.random.Generator | None, boldness: int
+    ink: np.ndarray, plate_text: PlateText, geometry: PlateGeometry, rng: np.random.Generator | None, style: GlyphStyle
 ) -> None:
     """Draw the main part: fixed-pitch cells, a wider gap between letter and digit groups, centred in its box.
 
@@ -265,15 +275,15 @@ def _main_part_ink(
             gap = geometry.group_gap * s
             continue
         if slot == "D":
-            height, stretch, reference = round(geometry.digit_height * s), geometry.digit_stretch, "0"
+            height, stretch, reference = round(geometry.digit_height * s * style.scale), geometry.digit_stretch, "0"
         else:
-            height, stretch, reference = round(geometry.letter_height * s), geometry.letter_stretch, "H"
+            height, stretch, reference = round(geometry.letter_height * s * style.scale), geometry.letter_stretch, "H"
         cell = glyph_mask(reference, height, stretch).shape[1]
         if glyphs:
             gaps.append(gap)
         gap = geometry.char_gap * s
         cells.append(cell)
-        glyphs.append(glyph_mask(next(chars), height, stretch, boldness, max_width=cell))
+        glyphs.append(glyph_mask(next(chars), height, stretch, style.boldness, max_width=cell))
     gaps.append(0.0)
     left_edge = (geometry.border_inset + geometry.border_width) * s
     x = left_edge + (geometry.separator_x * s - left_edge - sum(cells) - sum(gaps)) / 2
@@ -285,14 +295,14 @@ def _main_part_ink(
 
 
 def _region_ink(
-    ink: np.ndarray, region: str, geometry: PlateGeometry, rng: np.random.Generator | None, boldness: int
+    ink: np.ndarray, region: str, geometry: PlateGeometry, rng: np.random.Generator | None, style: GlyphStyle
 ) -> None:
     """Draw the region code centred in the region box, narrower when it has three digits."""
     s = geometry.pixels_per_mm
-    height = round(geometry.region_height * s)
+    height = round(geometry.region_height * s * style.scale)
     stretch = geometry.region_three_digit_stretch if len(region) == 3 else geometry.region_stretch
     cell = glyph_mask("0", height, stretch).shape[1]
-    glyphs = [glyph_mask(c, height, stretch, boldness, max_width=cell) for c in region]
+    glyphs = [glyph_mask(c, height, stretch, style.boldness, max_width=cell) for c in region]
     gap = geometry.region_gap * s * (0.7 if len(region) == 3 else 1.0)
     total = cell * len(glyphs) + gap * (len(glyphs) - 1)
     centre = (geometry.separator_x + PLATE_WIDTH_MM - geometry.border_inset - geometry.border_width) / 2 * s
@@ -317,10 +327,10 @@ def render_plate(
     """
     height, width = geometry.size_px
     frame = _frame(geometry)
-    boldness = int(rng.integers(0, 2)) if rng is not None else 0
+    style = GlyphStyle(int(rng.integers(0, 2)), float(rng.choice(GLYPH_SCALES))) if rng is not None else GlyphStyle()
     ink = frame.ink.copy()
-    _main_part_ink(ink, plate_text, geometry, rng, boldness)
-    _region_ink(ink, plate_text.region, geometry, rng, boldness)
+    _main_part_ink(ink, plate_text, geometry, rng, style)
+    _region_ink(ink, plate_text.region, geometry, rng, style)
 
     plate_format = plate_text.plate_format
     background = np.array(plate_format.background_bgr, np.float32)

@@ -250,9 +250,9 @@ def plate_quad(rng: np.random.Generator, plate_width: float) -> np.ndarray:
     Yaw (turned cars), pitch (cameras above the road) and roll, with a camera distance of a few plate widths so that
     perspective shows on near plates.
     """
-    yaw = math.radians(float(np.clip(rng.normal(0, 18), -55, 55)))
-    pitch = math.radians(float(rng.uniform(-10, 35)))
-    roll = math.radians(float(np.clip(rng.normal(0, 4), -15, 15)))
+    yaw = math.radians(float(np.clip(rng.normal(0, 15), -45, 45)))
+    pitch = math.radians(float(rng.uniform(-5, 30)))
+    roll = math.radians(float(np.clip(rng.normal(0, 4), -12, 12)))
     half_w, half_h = PLATE_WIDTH_MM / 2, PLATE_HEIGHT_MM / 2
     flat = np.array([[-half_w, -half_h, 0], [half_w, -half_h, 0], [half_w, half_h, 0], [-half_w, half_h, 0]])
     turned = flat @ _rotation(yaw, pitch, roll).T

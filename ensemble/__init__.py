@@ -1,0 +1,1 @@
+"""Triton model repository generation and the code of its Python steps (see alpr/repository.py)."""
