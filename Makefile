@@ -66,6 +66,7 @@ eval: $(STAMP) ## accuracy of the weights on the held-out synthetic set and on .
 onnx: $(STAMP) ## export preprocess, detector (NMS inside), crop, STN and LPRNet to ONNX, checked against PyTorch
 	$(PY) export/to_onnx.py --out-dir $(ONNX_DIR) --max-plates $(MAX_PLATES) $(WEIGHT_FLAGS)
 	$(PY) export/verify.py --onnx-dir $(ONNX_DIR) $(WEIGHT_FLAGS)
+	$(PY) export/tensorrt_variant.py --out-dir $(ONNX_DIR) --max-plates $(MAX_PLATES) $(WEIGHT_FLAGS)
 
 engines: onnx ## build the served models (TensorRT plans on a GPU, else ONNX) into model_repository/
 	$(PY) -m ensemble.build --target $(TARGET) --onnx-dir $(ONNX_DIR) --out $(REPOSITORY) --max-plates $(MAX_PLATES)

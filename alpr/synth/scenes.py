@@ -477,7 +477,7 @@ def make_scene(rng: np.random.Generator, height: int, width: int, num_plates: in
                 quads.append(quad)
                 boxes.append(box)
                 break
-    for quad in quads:
+    for quad in sorted(quads, key=lambda q: float(q[:, 0].max() - q[:, 0].min())):  # far (small) cars first
         _draw_car(rng, image, quad)
     if not quads and rng.random() < 0.3:  # an empty scene may still show a car whose plate is not visible
         _draw_car(rng, image, plate_quad(rng, mean_plate_width) + np.array([width / 2, height * 0.7], np.float32))
