@@ -48,9 +48,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q "$(TORCH_SPEC)" -e ".[export,serve,bench,dev]"
 	touch $@
 
-data: $(STAMP) ## write the held-out synthetic evaluation set and sample images to build/
+data: $(STAMP) $(IMAGES)/annotations.json ## write the held-out synthetic evaluation set and sample images to build/
 	$(PY) -m alpr.synth.dataset --heldout --out $(BUILD)/heldout
-	$(PY) -m alpr.synth.dataset --samples --out $(IMAGES)
+
+$(IMAGES)/annotations.json: | $(STAMP)
+	$(PY) -m alpr.synth.dataset --out $(IMAGES) --scenes 6 --sizes mixed --seed 2024
 
 train: train-recogniser train-detector ## train the default weights (alpr/weights/) on synthetic data; resumable
 
@@ -71,13 +73,12 @@ onnx: $(STAMP) ## export preprocess, detector (NMS inside), crop, STN and LPRNet
 engines: onnx ## build the served models (TensorRT plans on a GPU, else ONNX) into model_repository/
 	$(PY) -m ensemble.build --target $(TARGET) --onnx-dir $(ONNX_DIR) --out $(REPOSITORY) --max-plates $(MAX_PLATES)
 
-serve: $(STAMP) ## serve the ensemble with the real tritonserver (builds engines first if missing); Ctrl-C stops
+serve: $(STAMP) $(IMAGES)/annotations.json ## serve the ensemble with the real tritonserver (builds engines first if missing); Ctrl-C stops
 	@test -f $(REPOSITORY)/detector/1/model.onnx -o -f $(REPOSITORY)/detector/1/model.plan || $(MAKE) engines
 	$(PY) -m alpr.server serve --repository $(REPOSITORY) --host $(HOST) \
 		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-demo: $(STAMP) ## send the sample images to a running server and draw the plates into build/annotated/
-	@test -d $(IMAGES) || $(PY) -m alpr.synth.dataset --samples --out $(IMAGES)
+demo: $(STAMP) $(IMAGES)/annotations.json ## send the sample images to a running server, draw plates into build/annotated/
 	$(VENV)/bin/lpr $(IMAGES) --url $(HOST):$(GRPC_PORT) --annotate-dir $(BUILD)/annotated
 
 test: $(STAMP) ## run the test suite (starts its own Triton server on free ports)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -110,12 +110,7 @@ def analyzer_config(
     installation = find_installation()
     backend_directory = prepare_backend_directory(installation, work / "triton")
     environment = server_environment(installation)
-    # Model Analyzer runs perf_analyzer with this environment too: it needs the CUDA runtime wheel's library.
-    libraries = [environment.get("LD_LIBRARY_PATH"), perf_analyzer_environment().get("LD_LIBRARY_PATH")]
-    server_environment_subset = {
-        "PATH": environment["PATH"],
-        "LD_LIBRARY_PATH": os.pathsep.join(dict.fromkeys(part for part in libraries if part)),
-    }
+    server_environment_subset = {key: environment[key] for key in ("PATH", "LD_LIBRARY_PATH") if key in environment}
     config: dict[str, object] = {
         "model_repository": str(repository.resolve()),
         "output_model_repository_path": str((work / "variants").resolve()),
@@ -135,7 +130,7 @@ def analyzer_config(
         "triton_grpc_endpoint": f"localhost:{free_port()}",
         "triton_metrics_url": f"http://localhost:{free_port()}/metrics",
         "client_protocol": "grpc",
-        "perf_analyzer_path": str(find_perf_analyzer()),
+        "perf_analyzer_path": str(perf_analyzer_wrapper(work)),
         "perf_analyzer_timeout": PERF_ANALYZER_TIMEOUT_S,
         # perf_analyzer shares two cores with the server: do not abort it for using them.
         "perf_analyzer_cpu_util": 400.0,
@@ -151,6 +146,23 @@ def analyzer_config(
     if composing_models:
         config["cpu_only_composing_models"] = composing_models
     return config
+
+
+def perf_analyzer_wrapper(work: Path) -> Path:
+    """A script that runs perf_analyzer with the CUDA runtime wheel's library on ``LD_LIBRARY_PATH``.
+
+    Model Analyzer runs perf_analyzer with the server's environment, and the server must not see that library (it
+    would try to use CUDA), so perf_analyzer gets it from this wrapper instead.
+    """
+    library_path = perf_analyzer_environment().get("LD_LIBRARY_PATH", "")
+    wrapper = work / "perf_analyzer"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f"export LD_LIBRARY_PATH={shlex.quote(library_path)}\n"
+        f'exec {shlex.quote(str(find_perf_analyzer()))} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return wrapper.resolve()
 
 
 def analysis_repository(product: Path, out_dir: Path) -> Path:
@@ -195,8 +207,8 @@ def run_model_analyzer(config: dict[str, object], work: Path, label: str) -> tup
     return result.returncode == 0, log_path
 
 
-def _best_rows(export: Path) -> list[dict[str, str]]:
-    """Rows of Model Analyzer's inference table (``metrics-model-inference.csv``), best first per model."""
+def measured_rows(export: Path) -> list[dict[str, str]]:
+    """Rows of Model Analyzer's inference table (``metrics-model-inference.csv``), in its ranking order."""
     table = export / "results" / "metrics-model-inference.csv"
     if not table.is_file():
         return []
@@ -204,42 +216,79 @@ def _best_rows(export: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(rows))
 
 
-def collect(work: Path, out: Path, profiled: list[str]) -> dict[str, object]:
-    """Copy Model Analyzer's reports, tables and best configs into ``out``; returns what was found."""
+def config_names(row: dict[str, str]) -> list[str]:
+    """The variant names of a row: ``name`` or ``ensemble_variant: step_variant, ...``."""
+    return [name.strip() for name in row.get("Model Config Path", "").replace(":", ",").split(",") if name.strip()]
+
+
+def searched_beyond_default(rows: list[dict[str, str]]) -> bool:
+    """Whether any configuration other than the served one (``<model>_config_default``) was measured."""
+    return any(not config_names(row)[0].endswith("_config_default") for row in rows if config_names(row))
+
+
+def first_perf_error(export: Path) -> str | None:
+    """The first error perf_analyzer reported to Model Analyzer, if any."""
+    log = export / "perf_analyzer_error.log"
+    if not log.is_file():
+        return None
+    for line in log.read_text(errors="replace").splitlines():
+        if "error" in line.lower() and not line.lower().startswith("error:"):
+            return line.strip()
+    return None
+
+
+@dataclass
+class Findings:
+    """What Model Analyzer left behind, copied into the output folder."""
+
+    rows: list[dict[str, str]]
+    # Best configuration per profiled model: the variant names of its top-ranked row.
+    best: dict[str, list[str]]
+    reports: list[str]
+
+
+def collect(work: Path, out: Path, profiled: list[str]) -> Findings:
+    """Copy Model Analyzer's reports, tables and the best configs into ``out``."""
     export = work / "export"
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    found: dict[str, object] = {"reports": [], "best": {}, "rows": _best_rows(export)}
     for folder in ("reports", "results"):
         if (export / folder).is_dir():
             shutil.copytree(export / folder, out / folder)
-    found["reports"] = (
-        sorted(
-            str(path.relative_to(out))
-            for path in (out / "reports").rglob("*")
-            if path.suffix in {".html", ".png", ".pdf"}
-        )
-        if (out / "reports").is_dir()
-        else []
+    reports = sorted(
+        path.relative_to(out).as_posix()
+        for path in (out / "reports").rglob("*")
+        if path.suffix in {".html", ".png", ".pdf"}
     )
-    best: dict[str, str] = {}
-    for row in found["rows"]:  # type: ignore[union-attr]
-        variant = row.get("Model Config Path") or ""
-        model = row.get("Model") or ""
-        if model in profiled and model not in best and variant:
-            best[model] = variant
-    for model, variant in best.items():
-        for config in sorted((work / "variants").glob(f"{variant.split(',')[0].strip()}/config.pbtxt")):
-            target = out / "best" / model / "config.pbtxt"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(config, target)
-    found["best"] = best
-    return found
+    rows = measured_rows(export)
+    best: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get("Model") in profiled and row["Model"] not in best and config_names(row):
+            best[row["Model"]] = config_names(row)
+    for variants in best.values():
+        for variant in variants:
+            source = work / "variants" / variant / "config.pbtxt"
+            if source.is_file():
+                target = out / "best" / variant / "config.pbtxt"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+    return Findings(rows=rows, best=best, reports=reports)
+
+
+SUMMARY_COLUMNS = (
+    "Model",
+    "Model Config Path",
+    "Instance Group",
+    "Max Batch Size",
+    "Concurrency",
+    "Throughput (infer/sec)",
+    "p99 Latency (ms)",
+)
 
 
 def summary_markdown(
-    *, mode: str, ensemble_failed_log: Path | None, found: dict[str, object], limits: SearchLimits, minutes: float
+    *, mode: str, ensemble_failure: str | None, findings: Findings, limits: SearchLimits, minutes: float
 ) -> str:
     """``SUMMARY.md``: what ran, the best configuration per model and where the reports are."""
     lines = ["# Model Analyzer summary", "", "Generated by `python -m benchmarks.analyze`; do not edit by hand.", ""]
@@ -248,47 +297,35 @@ def summary_markdown(
             f"Profiled the ensemble `{spec.ENSEMBLE_NAME}` with the quick search over its composing models (CPU only)."
         )
     else:
-        lines.append(
-            "Profiled the batching steps on their own (" + ", ".join(f"`{name}`" for name in BATCHING_STEPS) + ")."
-        )
-        if ensemble_failed_log is not None:
-            lines.append(
-                f"Profiling the ensemble failed first (Model Analyzer documents ensemble search for up to four "
-                f"composing models; ours has six); its log was `{ensemble_failed_log.name}` in the work folder."
-            )
+        steps = ", ".join(f"`{name}`" for name in BATCHING_STEPS)
+        lines.append(f"Profiled the batching steps {steps} on their own, each with random inputs of its own shape.")
+        if ensemble_failure is not None:
+            lines += ["", f"The ensemble search was tried first and failed: {ensemble_failure}"]
     lines += [
         "",
         f"Search: quick, instance count up to {limits.max_instance_count}, concurrency up to "
-        f"{limits.max_concurrency}, max batch size up to {spec.RECOGNISER_MAX_BATCH}; took {minutes:.0f} min.",
+        f"{limits.max_concurrency}, max batch size up to {spec.RECOGNISER_MAX_BATCH}; took {minutes:.0f} min. "
+        "`*_config_default` is the served configuration (without preferred batch sizes); Model Analyzer ranks by "
+        "throughput.",
         "",
     ]
-    rows = found["rows"]
-    if rows:
-        columns = [
-            "Model",
-            "Model Config Path",
-            "Batch",
-            "Concurrency",
-            "Throughput (infer/sec)",
-            "p99 Latency (ms)",
-        ]
-        columns = [column for column in columns if column in rows[0]]  # type: ignore[index]
-        lines += ["## Measured configurations (best first, as Model Analyzer ranks them)", ""]
-        lines += ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-        for row in rows:  # type: ignore[union-attr]
-            lines.append("| " + " | ".join(row.get(column, "") for column in columns) + " |")
-        lines.append("")
-    best = found["best"]
-    if best:
+    if findings.best:
         lines += ["## Recommended", ""]
-        for model, variant in best.items():  # type: ignore[union-attr]
-            lines.append(f"- `{model}`: `{variant}`, config in `best/{model}/config.pbtxt`")
+        for model, variants in findings.best.items():
+            configs = ", ".join(f"`best/{variant}/config.pbtxt`" for variant in variants)
+            lines.append(f"- `{model}`: `{variants[0]}` ({configs})")
         lines.append("")
     else:
         lines += ["Model Analyzer produced no ranked configuration; see its log in the work folder.", ""]
-    reports = found["reports"]
-    if reports:
-        lines += ["## Reports", "", *(f"- `{path}`" for path in reports), ""]  # type: ignore[union-attr]
+    if findings.rows:
+        columns = [column for column in SUMMARY_COLUMNS if column in findings.rows[0]]
+        lines += ["## Measured configurations (as Model Analyzer ranks them)", ""]
+        lines += ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+        for row in findings.rows:
+            lines.append("| " + " | ".join(row.get(column, "").replace("|", "/") for column in columns) + " |")
+        lines.append("")
+    if findings.reports:
+        lines += ["## Reports", "", *(f"- `{path}`" for path in findings.reports), ""]
     return "\n".join(lines)
 
 
@@ -315,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     repository = analysis_repository(args.repository, work / "repository")
 
-    mode, ensemble_failed_log = args.mode, None
+    mode, ensemble_failure = args.mode, None
     if mode in ("auto", "ensemble"):
         scenes = write_scenes(mixed_scenes(1), work / "images", seed=SEED)
         input_data = write_input_data(read_images(folder_images(scenes)), work / "input.json")
@@ -329,16 +366,26 @@ def main(argv: list[str] | None = None) -> int:
             limits=limits,
         )
         succeeded, log = run_model_analyzer(config, work, "ensemble")
-        if succeeded and _best_rows(work / "export"):
+        export = work / "export"
+        if succeeded and searched_beyond_default(measured_rows(export)):
             mode = "ensemble"
-        elif args.mode == "ensemble":
-            print(f"benchmarks.analyze: Model Analyzer failed on the ensemble; see {log}", file=sys.stderr)
-            return 1
         else:
-            print(f"Model Analyzer failed on the ensemble ({log}); profiling the batching steps on their own")
-            mode, ensemble_failed_log = "steps", log
-            shutil.rmtree(work / "export", ignore_errors=True)
-            shutil.rmtree(work / "checkpoints", ignore_errors=True)
+            error = first_perf_error(export)
+            if not succeeded:
+                ensemble_failure = f"Model Analyzer exited with an error (log `{log.name}` in the work folder)."
+            else:
+                ensemble_failure = f"no configuration other than the served one could be measured (`{error}`)."
+                if error and "batch-size must be <=" in error:
+                    ensemble_failure += (
+                        " The quick search starts the composing models at max_batch_size 1, but the crops of one "
+                        f"image reach stn and lprnet as one batch of up to K = {spec.MAX_PLATES}."
+                    )
+            print(f"ensemble search failed: {ensemble_failure}", flush=True)
+            if args.mode == "ensemble":
+                return 1
+            mode = "steps"
+            for folder in ("export", "checkpoints"):
+                shutil.rmtree(work / folder, ignore_errors=True)
     if mode == "steps":
         config = analyzer_config(
             repository=repository,
@@ -353,11 +400,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
 
     profiled = [spec.ENSEMBLE_NAME] if mode == "ensemble" else list(BATCHING_STEPS)
-    found = collect(work, args.out, profiled)
+    findings = collect(work, args.out, profiled)
     summary = summary_markdown(
         mode=mode,
-        ensemble_failed_log=ensemble_failed_log,
-        found=found,
+        ensemble_failure=ensemble_failure,
+        findings=findings,
         limits=limits,
         minutes=(time.monotonic() - started) / 60,
     )

@@ -6,15 +6,19 @@ from the PyPI package ``nvidia-cuda-runtime-cu12``, whose library folder is put 
 
 One ``perf_analyzer`` process measures one concurrency: a level that does not stabilise then costs only itself, and
 the server statistics can be read around each level. When the windows never agree within the stability threshold,
-the level is measured once more over a fixed number of requests and marked unstable.
+the level is measured once more over a fixed number of requests (about three windows' worth at the throughput the
+failed windows saw) and marked unstable.
 """
 
 from __future__ import annotations
 
 import csv
 import importlib.util
+import math
 import os
+import re
 import shutil
+import statistics
 import subprocess
 import sysconfig
 from dataclasses import asdict, dataclass, field
@@ -23,6 +27,11 @@ from typing import Any
 
 PERF_ANALYZER_ENV = "PERF_ANALYZER"
 UNSTABLE_MARKER = "Failed to obtain stable measurement"
+# What perf_analyzer -v prints for each measurement window.
+PASS_THROUGHPUT = re.compile(r"Pass \[\d+\] throughput: ([0-9.]+) infer/sec")
+# Length of the fixed-size measurement of a level that never stabilised, in windows, and its floor per client.
+FALLBACK_WINDOWS = 3
+FALLBACK_MIN_REQUESTS_PER_SLOT = 2
 # Big enough for every output of one answer: at most MAX_PLATES boxes, scores and texts of a few bytes each.
 OUTPUT_SHARED_MEMORY_BYTES = 1 << 16
 # Upper bound on one perf_analyzer process; a level normally takes a few measurement windows.
@@ -41,8 +50,6 @@ class MeasurementSettings:
     measurement_interval_ms: int
     stability_percentage: float
     max_trials: int
-    # Requests per concurrent slot of the single fixed-size measurement taken when a level never stabilises.
-    fallback_requests_per_slot: int
 
 
 @dataclass(frozen=True)
@@ -159,6 +166,8 @@ def perf_command(
         str(settings.max_trials),
         "-f",
         str(csv_path),
+        # Prints every window's throughput, which sizes the fallback measurement.
+        "-v",
     ]
     if shared_memory:
         command += ["--shared-memory", "system", "--output-shared-memory-size", str(OUTPUT_SHARED_MEMORY_BYTES)]
@@ -195,6 +204,16 @@ def measurement_from_row(row: dict[str, float], *, stable: bool, command: list[s
     )
 
 
+def fallback_request_count(output: str, concurrency: int, measurement_interval_ms: int) -> int:
+    """Requests for a fixed-size measurement: ``FALLBACK_WINDOWS`` windows at the median throughput of ``output``."""
+    throughputs = [float(value) for value in PASS_THROUGHPUT.findall(output)]
+    minimum = FALLBACK_MIN_REQUESTS_PER_SLOT * concurrency
+    if not throughputs:
+        return minimum
+    expected = statistics.median(throughputs) * FALLBACK_WINDOWS * measurement_interval_ms / 1000.0
+    return max(minimum, math.ceil(expected))
+
+
 def _run(command: list[str], log_path: Path) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         command, env=perf_analyzer_environment(), capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S
@@ -217,8 +236,8 @@ def measure(
 ) -> PerfMeasurement:
     """Measure ``model`` at one concurrency; CSV and log go to ``out_dir/<label>.csv`` and ``.log``.
 
-    A level that does not stabilise within ``settings.max_trials`` windows is measured once over
-    ``fallback_requests_per_slot * concurrency`` requests and returned with ``stable=False``.
+    A level that does not stabilise within ``settings.max_trials`` windows is measured once over a fixed number of
+    requests (``fallback_request_count``) and returned with ``stable=False``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     label = label or f"{model}_c{concurrency}{'_shm' if shared_memory else ''}"
@@ -239,7 +258,8 @@ def measure(
     stable = True
     if result.returncode != 0 and UNSTABLE_MARKER in result.stdout + result.stderr:
         stable = False
-        command = perf_command(**common, request_count=settings.fallback_requests_per_slot * concurrency)
+        request_count = fallback_request_count(result.stdout, concurrency, settings.measurement_interval_ms)
+        command = perf_command(**common, request_count=request_count)
         result = _run(command, log_path)
     if result.returncode != 0 or not csv_path.is_file():
         output = (result.stdout + result.stderr).strip()[-3000:]

@@ -83,9 +83,7 @@ class Profile:
 FULL = Profile(
     name="full",
     concurrencies=(1, 2, 4, 8, 16),
-    settings=MeasurementSettings(
-        measurement_interval_ms=4000, stability_percentage=15, max_trials=8, fallback_requests_per_slot=40
-    ),
+    settings=MeasurementSettings(measurement_interval_ms=4000, stability_percentage=15, max_trials=8),
     scenes_per_size=5,
     floor_warmup_s=2.0,
     floor_duration_s=12.0,
@@ -97,9 +95,7 @@ FULL = Profile(
 QUICK = Profile(
     name="quick",
     concurrencies=(1, 8),
-    settings=MeasurementSettings(
-        measurement_interval_ms=1500, stability_percentage=25, max_trials=5, fallback_requests_per_slot=15
-    ),
+    settings=MeasurementSettings(measurement_interval_ms=1500, stability_percentage=25, max_trials=5),
     scenes_per_size=2,
     floor_warmup_s=1.0,
     floor_duration_s=4.5,
@@ -234,7 +230,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     reason = why_perf_analyzer_cannot_run()
     if reason is not None:
         raise SystemExit(f"benchmarks.run: perf_analyzer cannot run: {reason}")
-    notes: list[str] = []
+    notes: list[str] = list(args.note)
     if profile.name == "quick":
         notes.append("Quick run: two concurrencies, short windows, no scaling sweeps. Use it as a smoke check.")
 
@@ -351,7 +347,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["method"] = [
         f"perf_analyzer, one process per concurrency level: windows of {settings.measurement_interval_ms} ms until "
         f"three agree within {settings.stability_percentage:g} % (at most {settings.max_trials}); a level that never "
-        f"does is measured once over {settings.fallback_requests_per_slot} requests per concurrent slot and flagged.",
+        "does is measured once over a fixed request count (three windows' worth) and flagged.",
         f"Floor: {profile.floor_warmup_s:g} s warm-up, then a window of at least {profile.floor_duration_s:g} s and "
         "3 answers per concurrent client; throughput and latencies of the answers arriving inside it.",
         "Server-side time per step: Triton statistics read before and after each perf_analyzer process.",
@@ -370,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-scaling", action="store_true", help="leave out the image-size and plate sweeps")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/RESULTS.md"), help="report to write")
     parser.add_argument("--plots-dir", type=Path, default=Path("benchmarks"), help="where the PNG plots go")
+    parser.add_argument("--note", action="append", default=[], help="a line for the report (e.g. which weights)")
     return parser
 
 

@@ -26,14 +26,18 @@ from benchmarks.inputs import (
     write_input_data,
     write_scenes,
 )
-from benchmarks.perf_analyzer import MeasurementSettings, measure, why_perf_analyzer_cannot_run
+from benchmarks.perf_analyzer import (
+    FALLBACK_MIN_REQUESTS_PER_SLOT,
+    MeasurementSettings,
+    fallback_request_count,
+    measure,
+    why_perf_analyzer_cannot_run,
+)
 from benchmarks.run import compare_answers, composing_models
 from benchmarks.server_stats import read_counters, step_times
 
 # A short, lenient measurement: this checks that the harness works, not how fast anything is.
-SMOKE_SETTINGS = MeasurementSettings(
-    measurement_interval_ms=1000, stability_percentage=50, max_trials=4, fallback_requests_per_slot=5
-)
+SMOKE_SETTINGS = MeasurementSettings(measurement_interval_ms=1000, stability_percentage=50, max_trials=4)
 SMALL_SCENES = [SceneRequest(240, 320, 0), SceneRequest(360, 480, 2), SceneRequest(270, 480, 1)]
 
 
@@ -75,6 +79,21 @@ def test_scenes_are_reproducible(tmp_path: Path) -> None:
     first = read_images(folder_images(write_scenes(SMALL_SCENES[:1], tmp_path / "a", seed=5)))
     second = read_images(folder_images(write_scenes(SMALL_SCENES[:1], tmp_path / "b", seed=5)))
     np.testing.assert_array_equal(first[0].image, second[0].image)
+
+
+def test_unstable_level_is_remeasured_over_about_three_windows() -> None:
+    output = "\n".join(
+        f"  Pass [{index}] throughput: {value} infer/sec. Avg latency: 5000 usec (std 100 usec)."
+        for index, value in enumerate([10.0, 30.0, 20.0], start=1)
+    )
+    # Median 20 requests/s over three 2-second windows.
+    assert fallback_request_count(output, concurrency=4, measurement_interval_ms=2000) == 120
+    # Slow levels still send a few requests per client; without any window, that floor is all it has.
+    assert (
+        fallback_request_count(output, concurrency=64, measurement_interval_ms=2000)
+        == 64 * FALLBACK_MIN_REQUESTS_PER_SLOT
+    )
+    assert fallback_request_count("", concurrency=3, measurement_interval_ms=2000) == 3 * FALLBACK_MIN_REQUESTS_PER_SLOT
 
 
 def test_baseline_repository_is_the_product_without_batching(tmp_path: Path) -> None:

@@ -152,11 +152,11 @@ def test_max_plates_flows_into_the_configs() -> None:
 
 
 def test_committed_repository_is_the_generated_cpu_repository() -> None:
-    generated = repository_files("cpu")
+    # The committed repository holds the configs; the decoder's code and the model files are written by make engines.
+    generated = {path: text for path, text in repository_files("cpu").items() if path.endswith(".pbtxt")}
     committed = {
         path.relative_to(COMMITTED_REPOSITORY).as_posix(): path.read_text()
-        for path in COMMITTED_REPOSITORY.rglob("*")
-        if path.is_file() and path.suffix in {".pbtxt", ".py"} and "__pycache__" not in path.parts
+        for path in COMMITTED_REPOSITORY.rglob("*.pbtxt")
     }
     regenerate = "regenerate it: python -m ensemble.build --target cpu --out model_repository"
     assert committed.keys() == generated.keys(), regenerate

@@ -117,10 +117,10 @@ class PlateGeometry:
     region_stretch: float = 1.65
     region_three_digit_stretch: float = 1.35
     region_gap: float = 5.0
-    rus_height: float = 11.0
+    rus_height: float = 13.0
     rus_baseline_y: float = 99.0
-    flag_width: float = 18.0
-    flag_height: float = 11.0
+    flag_width: float = 22.0
+    flag_height: float = 13.0
 
     @property
     def size_px(self) -> tuple[int, int]:

@@ -65,13 +65,11 @@ def _uniform_colour(rng: np.random.Generator, low: int = 0, high: int = 256) -> 
 # Background
 
 
-def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int, channels: int = 1) -> np.ndarray:
+def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:
     """Value noise in [0, 1): a coarse random grid of about ``cells`` across, bicubically upsampled."""
     grid_w = max(2, cells)
     grid_h = max(2, round(cells * height / width))
-    coarse = rng.random((grid_h, grid_w, channels), dtype=np.float32)
-    field_ = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
-    return field_.reshape(height, width, channels)
+    return cv2.resize(rng.random((grid_h, grid_w), dtype=np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -81,7 +79,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     gradient = cv2.resize(corners, (low_w, low_h), interpolation=cv2.INTER_LINEAR)
     # Perlin-like texture: a few octaves of value noise, tinted.
     octaves = sum(
-        _smooth_noise(rng, low_h, low_w, cells)[..., 0] * weight for cells, weight in ((4, 0.5), (12, 0.3), (40, 0.2))
+        _smooth_noise(rng, low_h, low_w, cells) * weight for cells, weight in ((4, 0.5), (12, 0.3), (40, 0.2))
     )
     tint = rng.uniform(40, 160, 3)
     weight = rng.uniform(0.3, 0.8)
@@ -126,6 +124,7 @@ def _building(rng: np.random.Generator, canvas: np.ndarray) -> None:
 
 
 def _random_shape(rng: np.random.Generator, canvas: np.ndarray) -> None:
+    """A filled rectangle, disc or polygon, or a thick line, of a random colour."""
     height, width = canvas.shape[:2]
     colour = _uniform_colour(rng)
     centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
@@ -244,15 +243,15 @@ def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
     return about_z @ about_x @ about_y
 
 
-def plate_quad(rng: np.random.Generator, plate_width: float) -> np.ndarray:
+def plate_quad(rng: np.random.Generator, plate_width: float, tilt: float = 1.0) -> np.ndarray:
     """Corners (TL, TR, BR, BL) of a plate seen by a pinhole camera, centred at the origin, ``plate_width`` wide.
 
-    Yaw (turned cars), pitch (cameras above the road) and roll, with a camera distance of a few plate widths so that
-    perspective shows on near plates.
+    Yaw (turned cars), pitch (cameras above the road) and roll, all scaled by ``tilt`` (0: square-on), with a camera
+    distance of a few plate widths so that perspective shows on near plates.
     """
-    yaw = math.radians(float(np.clip(rng.normal(0, 15), -45, 45)))
-    pitch = math.radians(float(rng.uniform(-5, 30)))
-    roll = math.radians(float(np.clip(rng.normal(0, 4), -12, 12)))
+    yaw = math.radians(tilt * float(np.clip(rng.normal(0, 15), -45, 45)))
+    pitch = math.radians(tilt * float(rng.uniform(-5, 30)))
+    roll = math.radians(tilt * float(np.clip(rng.normal(0, 4), -12, 12)))
     half_w, half_h = PLATE_WIDTH_MM / 2, PLATE_HEIGHT_MM / 2
     flat = np.array([[-half_w, -half_h, 0], [half_w, -half_h, 0], [half_w, half_h, 0], [-half_w, half_h, 0]])
     turned = flat @ _rotation(yaw, pitch, roll).T
@@ -489,13 +488,16 @@ def make_scene(rng: np.random.Generator, height: int, width: int, num_plates: in
     return Scene(_camera(rng, image), plates)
 
 
-def make_plate_patch(rng: np.random.Generator, plate_width: float, margin: float = 0.25) -> PlateSample:
+def make_plate_patch(
+    rng: np.random.Generator, plate_width: float, margin: float = 0.25, tilt: float = 1.0
+) -> PlateSample:
     """A small picture of one plate on its car, for recogniser training, with the plate's quad in patch pixels.
 
     The patch is the plate's box grown by ``margin`` of the box width on every side (room for the serving crop's extra
-    height and for box jitter), with the perspective, occlusion and camera effects of the scenes.
+    height and for box jitter), with the perspective (scaled by ``tilt``, see ``plate_quad``), occlusion and camera
+    effects of the scenes.
     """
-    quad = plate_quad(rng, plate_width)
+    quad = plate_quad(rng, plate_width, tilt)
     extent = quad.max(axis=0) - quad.min(axis=0)
     pad = margin * extent[0]
     quad = (quad - quad.min(axis=0) + pad).astype(np.float32)

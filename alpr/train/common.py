@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -116,3 +117,22 @@ class Throughput:
     def add(self, n: int) -> float:
         self.samples += n
         return self.samples / max(1e-9, time.perf_counter() - self.start)
+
+
+def training_parser(
+    description: str, *, run_dir: str, iterations: int, batch_size: int, weight_decay: float
+) -> argparse.ArgumentParser:
+    """The options both trainers share; the defaults are the settings the committed weights were trained with."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=iterations, help="optimiser steps")
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (cosine decay)")
+    parser.add_argument("--weight-decay", type=float, default=weight_decay)
+    parser.add_argument("--warmup", type=int, default=100, help="steps of linear warm-up")
+    parser.add_argument("--workers", type=int, default=1, help="data-generating processes")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default)")
+    parser.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu or cuda")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--run-dir", default=run_dir, help="resumable checkpoint and report")
+    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    return parser

@@ -28,6 +28,7 @@ from alpr.train.common import (
     load_training_checkpoint,
     pick_device,
     save_training_checkpoint,
+    training_parser,
     write_report,
 )
 from alpr.train.yolo_loss import YOLOv5Loss
@@ -171,21 +172,10 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = training_parser(__doc__, run_dir="runs/detector", iterations=2600, batch_size=16, weight_decay=5e-4)
     parser.add_argument("--scale", default="n", choices=["n", "s", "m", "l", "x"], help="YOLOv5 scale")
-    parser.add_argument("--iterations", type=int, default=3000, help="optimiser steps")
-    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--tile-size", type=int, default=320, help="square training tile cut from the 640 input")
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--weight-decay", type=float, default=5e-4)
-    parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--workers", type=int, default=1, help="data-generating processes")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--run-dir", default="runs/detector", help="resumable checkpoint and report")
     parser.add_argument("--output", default=str(paths.default_weights("detector")), help="final weights")
-    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     parser.add_argument("--save-every", type=int, default=50)
     parser.add_argument("--log-every", type=int, default=25)
     return parser.parse_args(argv)

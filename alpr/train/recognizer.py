@@ -29,6 +29,7 @@ from alpr.train.common import (
     load_training_checkpoint,
     pick_device,
     save_training_checkpoint,
+    training_parser,
     write_report,
 )
 
@@ -163,23 +164,12 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, default=3000, help="optimiser steps")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser = training_parser(__doc__, run_dir="runs/recogniser", iterations=3300, batch_size=32, weight_decay=1e-4)
     parser.add_argument("--crops-per-plate", type=int, default=2, help="jittered crops cut from each rendered plate")
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--workers", type=int, default=1, help="data-generating processes")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--validation-batches", type=int, default=4, help="fixed batches of 128 for validation")
     parser.add_argument("--eval-every", type=int, default=250)
-    parser.add_argument("--run-dir", default="runs/recogniser", help="resumable checkpoint and report")
     parser.add_argument("--stn-output", default=str(paths.default_weights("stn")))
     parser.add_argument("--lprnet-output", default=str(paths.default_weights("lprnet")))
-    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     return parser.parse_args(argv)
 
 

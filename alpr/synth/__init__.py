@@ -1,0 +1,1 @@
+"""Offline synthetic data: Russian plates (``plates``), street scenes (``scenes``) and data sets (``dataset``)."""
