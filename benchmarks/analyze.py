@@ -59,13 +59,23 @@ class SearchLimits:
     max_concurrency: int
     max_binary_search_steps: int
     measurement_request_count: int
+    # Re-measure the best configurations over a range of concurrencies for the reports' curves.
+    concurrency_sweep: bool
 
 
 FULL_LIMITS = SearchLimits(
-    max_instance_count=4, max_concurrency=32, max_binary_search_steps=4, measurement_request_count=50
+    max_instance_count=3,
+    max_concurrency=16,
+    max_binary_search_steps=3,
+    measurement_request_count=50,
+    concurrency_sweep=True,
 )
 QUICK_LIMITS = SearchLimits(
-    max_instance_count=2, max_concurrency=8, max_binary_search_steps=2, measurement_request_count=20
+    max_instance_count=2,
+    max_concurrency=8,
+    max_binary_search_steps=2,
+    measurement_request_count=20,
+    concurrency_sweep=False,
 )
 
 
@@ -141,6 +151,7 @@ def analyzer_config(
         "run_config_search_max_binary_search_steps": limits.max_binary_search_steps,
         "run_config_search_max_model_batch_size": spec.RECOGNISER_MAX_BATCH,
         "collect_cpu_metrics": True,
+        "concurrency_sweep_disable": not limits.concurrency_sweep,
         "profile_models": profile_models,
     }
     if composing_models:

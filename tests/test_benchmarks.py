@@ -33,6 +33,7 @@ from benchmarks.perf_analyzer import (
     measure,
     why_perf_analyzer_cannot_run,
 )
+from benchmarks.report import acceptance, write_report
 from benchmarks.run import compare_answers, composing_models
 from benchmarks.server_stats import read_counters, step_times
 
@@ -94,6 +95,84 @@ def test_unstable_level_is_remeasured_over_about_three_windows() -> None:
         == 64 * FALLBACK_MIN_REQUESTS_PER_SLOT
     )
     assert fallback_request_count("", concurrency=3, measurement_interval_ms=2000) == 3 * FALLBACK_MIN_REQUESTS_PER_SLOT
+
+
+def fake_level(concurrency: int, throughput: float, p50_ms: float) -> dict[str, float]:
+    """A measurement of one concurrency level with the fields the report reads."""
+    return {
+        "concurrency": concurrency,
+        "throughput": throughput,
+        "p50_ms": p50_ms,
+        "p90_ms": 1.5 * p50_ms,
+        "p95_ms": 1.8 * p50_ms,
+        "p99_ms": 2 * p50_ms,
+        "transport_ms": 1.0,
+        "average_ms": 1.2 * p50_ms,
+        "stable": True,
+    }
+
+
+def fake_results() -> dict[str, object]:
+    """Results of a run where the ensemble beats BLS 2x, reaches 60 % of the floor, and is 1.1x the floor's p50."""
+    step = {
+        "model": "detector",
+        "requests": 10,
+        "inferences_per_request": 1.0,
+        "average_batch": 2.0,
+        "request_ms": 20.0,
+        "queue_ms": 5.0,
+        "compute_input_ms": 1.0,
+        "compute_infer_ms": 12.0,
+        "compute_output_ms": 2.0,
+        "busy_ms": 8.0,
+    }
+    return {
+        "ensemble": [
+            {"measurement": fake_level(1, 20.0, 55.0), "steps": [step]},
+            {"measurement": fake_level(8, 60.0, 130.0), "steps": [step]},
+        ],
+        "bls": [{"measurement": fake_level(1, 15.0, 70.0)}, {"measurement": fake_level(8, 30.0, 260.0)}],
+        "floor": [fake_level(1, 22.0, 50.0), fake_level(8, 100.0, 80.0)],
+        "ensemble_model": spec.ENSEMBLE_NAME,
+        "bls_model": BLS_MODEL_NAME,
+        "machine": {
+            "cpu": "a CPU",
+            "logical_cores": 2,
+            "usable_cores": 2,
+            "memory_gib": 1,
+            "gpus": [],
+            "os": "an OS",
+            "versions": {"python": "3"},
+        },
+        "commit": "abc",
+        "profile": "quick",
+        "started": "now",
+        "duration_s": 60.0,
+        "graphs": {"detector": "0123"},
+        "inputs": {"mixed": [{"name": "a.png", "size": "640x480"}], "plates_drawn": "0-4", "real": ""},
+        "command": "python -m benchmarks.run --quick",
+        "perf_commands": ["perf_analyzer -m plate_recognition"],
+    }
+
+
+def test_acceptance_targets_say_which_are_missed_and_by_how_much() -> None:
+    verdicts = {check["key"]: check for check in acceptance(fake_results())}
+    assert verdicts["throughput_vs_bls"]["met"] is True
+    assert verdicts["throughput_vs_bls"]["measured"] == pytest.approx(2.0)
+    assert verdicts["throughput_vs_floor"]["met"] is False
+    assert verdicts["throughput_vs_floor"]["shortfall"] == pytest.approx((0.75 - 0.6) / 0.75)
+    assert verdicts["p50_vs_floor"]["met"] is True
+    assert verdicts["p50_vs_floor"]["measured"] == pytest.approx(1.1)
+
+
+def test_report_has_tables_plots_and_the_missed_target(tmp_path: Path) -> None:
+    report = write_report(fake_results(), tmp_path / "RESULTS.md", tmp_path)
+    text = report.read_text()
+    assert "missed by 20 %" in text
+    assert "| 8 | 60.0 |" in text
+    for plot in ("throughput.png", "latency.png", "step_breakdown.png"):
+        assert (tmp_path / plot).stat().st_size > 0
+        assert f"]({plot})" in text
 
 
 def test_baseline_repository_is_the_product_without_batching(tmp_path: Path) -> None:
