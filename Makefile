@@ -24,12 +24,16 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 IMAGES ?= $(BUILD)/samples
 PYTEST_ARGS ?=
+# make serve: USE_DOCKER=0 keeps the embedded CPU server even where Docker has the NVIDIA runtime.
+USE_DOCKER ?= 1
+IMAGE ?= alpr-triton
 
 STAMP := $(VENV)/.installed
 WEIGHT_FLAGS = $(if $(DETECTOR_WEIGHTS),--detector-weights $(DETECTOR_WEIGHTS)) \
 	$(if $(LPRNET_WEIGHTS),--lprnet-weights $(LPRNET_WEIGHTS)) $(if $(STN_WEIGHTS),--stn-weights $(STN_WEIGHTS))
 
-.PHONY: help install data train train-detector train-recogniser eval onnx engines serve demo test lint bench analyze clean
+.PHONY: help install data train train-detector train-recogniser eval onnx engines serve serve-cpu serve-gpu demo test lint \
+	bench analyze clean
 
 help: ## list the targets and their settings
 	@echo "Licence-plate recognition on NVIDIA Triton"
@@ -38,7 +42,7 @@ help: ## list the targets and their settings
 	@echo
 	@echo "Settings (make VAR=value): TARGET=$(TARGET) MAX_PLATES=$(MAX_PLATES) HOST=$(HOST) GRPC_PORT=$(GRPC_PORT)"
 	@echo "  HTTP_PORT=$(HTTP_PORT) METRICS_PORT=$(METRICS_PORT) DETECTOR_WEIGHTS LPRNET_WEIGHTS STN_WEIGHTS (default:"
-	@echo "  the committed alpr/weights/*.pt) TORCH_SPEC=$(TORCH_SPEC) IMAGES=$(IMAGES) PYTEST_ARGS"
+	@echo "  the committed alpr/weights/*.pt) TORCH_SPEC=$(TORCH_SPEC) IMAGES=$(IMAGES) USE_DOCKER=$(USE_DOCKER) IMAGE=$(IMAGE)"
 
 install: $(STAMP) ## create the virtualenv with everything (PyTorch CPU, onnxruntime, Triton server, clients)
 
@@ -73,10 +77,24 @@ onnx: $(STAMP) ## export preprocess, detector (NMS inside), crop, STN and LPRNet
 engines: onnx ## build the served models (TensorRT plans on a GPU, else ONNX) into model_repository/
 	$(PY) -m ensemble.build --target $(TARGET) --onnx-dir $(ONNX_DIR) --out $(REPOSITORY) --max-plates $(MAX_PLATES)
 
-serve: $(STAMP) $(IMAGES)/annotations.json ## serve the ensemble with the real tritonserver (builds engines first if missing); Ctrl-C stops
-	@test -f $(REPOSITORY)/detector/1/model.onnx -o -f $(REPOSITORY)/detector/1/model.plan || $(MAKE) engines
+serve: ## serve the ensemble: the GPU container when Docker has the NVIDIA runtime, else the embedded CPU server
+	@if [ "$(USE_DOCKER)" != "0" ] && command -v docker >/dev/null 2>&1 && \
+		docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q nvidia; then \
+		$(MAKE) --no-print-directory serve-gpu; \
+	else \
+		$(MAKE) --no-print-directory serve-cpu; \
+	fi
+
+serve-cpu: $(STAMP) $(IMAGES)/annotations.json ## the real tritonserver of nvidia-pytriton on the CPU (engines built if missing)
+	@test -f $(REPOSITORY)/detector/1/model.onnx || $(MAKE) --no-print-directory engines TARGET=cpu
 	$(PY) -m alpr.server serve --repository $(REPOSITORY) --host $(HOST) \
 		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+serve-gpu: ## Dockerfile.triton on the GPU: TensorRT plans built at first start into the volume alpr-engines
+	docker build -f Dockerfile.triton -t $(IMAGE) .
+	docker volume create alpr-engines >/dev/null
+	docker run --rm --gpus all --shm-size=1g -p $(HOST):$(HTTP_PORT):8000 -p $(HOST):$(GRPC_PORT):8001 \
+		-p $(HOST):$(METRICS_PORT):8002 -v alpr-engines:/var/cache/alpr $(IMAGE)
 
 demo: $(STAMP) $(IMAGES)/annotations.json ## send the sample images to a running server, draw plates into build/annotated/
 	$(VENV)/bin/lpr $(IMAGES) --url $(HOST):$(GRPC_PORT) --annotate-dir $(BUILD)/annotated

@@ -117,12 +117,10 @@ def plates_from_result(result: Any) -> list[Plate]:
     ]
 
 
-class PlateRecognizer:
-    """Blocking client: one ``recognize`` call is one request to the ensemble. Safe to share between threads.
+class _Recognizer:
+    """Options and connection shared by the blocking and the asyncio client."""
 
-    ``timeout_s`` bounds each call on the client side; ``retries`` is how many times a request that the server
-    refused for overload is sent again, after an exponential backoff. ``convert`` accepts grayscale and BGRA images.
-    """
+    client_module: Any = grpcclient
 
     def __init__(
         self,
@@ -137,18 +135,31 @@ class PlateRecognizer:
         self.timeout_s = timeout_s
         self.retries = retries
         self.convert = convert
-        self.client = grpcclient.InferenceServerClient(url, channel_args=_channel_args())
+        self.client = self.client_module.InferenceServerClient(url, channel_args=_channel_args())
+
+    def _request(self, image: np.ndarray, convert: bool | None) -> tuple[list, list]:
+        return _request(prepare_image(image, convert=self.convert if convert is None else convert), self.client_module)
+
+    def _should_retry(self, error: InferenceServerException, attempt: int) -> bool:
+        return attempt < self.retries and is_overload(error)
+
+
+class PlateRecognizer(_Recognizer):
+    """Blocking client: one ``recognize`` call is one request to the ensemble. Safe to share between threads.
+
+    ``timeout_s`` bounds each call on the client side; ``retries`` is how many times a request that the server
+    refused for overload is sent again, after an exponential backoff. ``convert`` accepts grayscale and BGRA images.
+    """
 
     def recognize(self, image: np.ndarray, *, convert: bool | None = None) -> list[Plate]:
         """Plates found in a BGR ``image`` (uint8 HxWx3), best detector score first."""
-        image = prepare_image(image, convert=self.convert if convert is None else convert)
-        inputs, outputs = _request(image, grpcclient)
+        inputs, outputs = self._request(image, convert)
         for attempt in range(self.retries + 1):
             try:
                 result = self.client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
                 return plates_from_result(result)
             except InferenceServerException as error:
-                if attempt == self.retries or not is_overload(error):
+                if not self._should_retry(error, attempt):
                     raise
                 time.sleep(retry_delay(attempt))
         raise AssertionError("unreachable")
@@ -165,37 +176,23 @@ class PlateRecognizer:
         self.close()
 
 
-class AsyncPlateRecognizer:
+class AsyncPlateRecognizer(_Recognizer):
     """asyncio client (``tritonclient.grpc.aio``): many ``recognize`` calls may be in flight at once.
 
     Same options as ``PlateRecognizer``.
     """
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        *,
-        model: str = spec.ENSEMBLE_NAME,
-        timeout_s: float | None = None,
-        retries: int = 0,
-        convert: bool = False,
-    ) -> None:
-        self.model = model
-        self.timeout_s = timeout_s
-        self.retries = retries
-        self.convert = convert
-        self.client = aioclient.InferenceServerClient(url, channel_args=_channel_args())
+    client_module = aioclient
 
     async def recognize(self, image: np.ndarray, *, convert: bool | None = None) -> list[Plate]:
         """Plates found in a BGR ``image`` (uint8 HxWx3), best detector score first."""
-        image = prepare_image(image, convert=self.convert if convert is None else convert)
-        inputs, outputs = _request(image, aioclient)
+        inputs, outputs = self._request(image, convert)
         for attempt in range(self.retries + 1):
             try:
                 result = await self.client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
                 return plates_from_result(result)
             except InferenceServerException as error:
-                if attempt == self.retries or not is_overload(error):
+                if not self._should_retry(error, attempt):
                     raise
                 await asyncio.sleep(retry_delay(attempt))
         raise AssertionError("unreachable")

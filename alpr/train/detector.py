@@ -172,7 +172,7 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = training_parser(__doc__, run_dir="runs/detector", iterations=2600, batch_size=16, weight_decay=5e-4)
+    parser = training_parser(__doc__, run_dir="runs/detector", iterations=2200, batch_size=16, weight_decay=5e-4)
     parser.add_argument("--scale", default="n", choices=["n", "s", "m", "l", "x"], help="YOLOv5 scale")
     parser.add_argument("--tile-size", type=int, default=320, help="square training tile cut from the 640 input")
     parser.add_argument("--output", default=str(paths.default_weights("detector")), help="final weights")

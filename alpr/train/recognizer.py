@@ -164,7 +164,7 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = training_parser(__doc__, run_dir="runs/recogniser", iterations=3300, batch_size=32, weight_decay=1e-4)
+    parser = training_parser(__doc__, run_dir="runs/recogniser", iterations=2800, batch_size=32, weight_decay=1e-4)
     parser.add_argument("--crops-per-plate", type=int, default=2, help="jittered crops cut from each rendered plate")
     parser.add_argument("--validation-batches", type=int, default=4, help="fixed batches of 128 for validation")
     parser.add_argument("--eval-every", type=int, default=250)
