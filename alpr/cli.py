@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from alpr import spec
-from alpr.client import DEFAULT_URL, AsyncPlateRecognizer, Plate
+from alpr.client import DEFAULT_URL, SHARED_MEMORY_KINDS, AsyncPlateRecognizer, Plate, SharedMemoryError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
@@ -150,7 +150,9 @@ async def run(args: argparse.Namespace) -> int:
             cv2.imwrite(str(annotation_path(args.annotate_dir, item)), annotate(item.image, plates))
         progress.update()
 
-    async with AsyncPlateRecognizer(args.url, model=args.model, retries=args.retries, convert=True) as recognizer:
+    async with AsyncPlateRecognizer(
+        args.url, model=args.model, retries=args.retries, convert=True, shared_memory=args.shared_memory
+    ) as recognizer:
         items = read_items(sources, args.video_stride)
         while True:
             # Decoding runs in a worker thread so requests already sent keep flowing meanwhile.
@@ -174,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=spec.ENSEMBLE_NAME, help="ensemble to call")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
     parser.add_argument("--retries", type=int, default=3, help="resend requests the server refused for overload")
+    parser.add_argument(
+        "--shared-memory",
+        choices=SHARED_MEMORY_KINDS,
+        default="none",
+        help="send images through system or CUDA shared memory (only with a server on this host; default none)",
+    )
     parser.add_argument("--video-stride", type=int, default=1, help="recognise every S-th frame of videos")
     parser.add_argument("--annotate-dir", type=Path, help="write copies with boxes and texts drawn here")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -187,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return asyncio.run(run(args))
-    except FileNotFoundError as error:
+    except (FileNotFoundError, SharedMemoryError) as error:
         print(f"lpr: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
