@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from alpr.cli import main as lpr
 from alpr.client import AsyncPlateRecognizer, Plate, PlateRecognizer, SharedMemoryError, region_byte_size
 
 # Nothing listens here: options refused at construction must fail before any connection is tried.
@@ -49,7 +52,7 @@ def plain_plates(served_pipeline, test_images) -> list[list[Plate]]:
 
 
 def test_unknown_shared_memory_kind_is_refused() -> None:
-    with pytest.raises(ValueError, match="none, system, cuda.*'gpu'"):
+    with pytest.raises(ValueError, match=r"none, system, cuda.*'gpu'"):
         PlateRecognizer(UNREACHABLE_URL, shared_memory="gpu")
 
 
@@ -86,7 +89,11 @@ def test_async_system_shared_memory_with_concurrent_calls(served_pipeline, test_
     async def recognise_concurrently() -> tuple[list[list[Plate]], dict[str, int], str]:
         async with AsyncPlateRecognizer(served_pipeline.grpc_url, retries=8, shared_memory="system") as recognizer:
             plates = await asyncio.gather(*(recognizer.recognize(image) for image in images))
-            return list(plates), registered_regions(served_pipeline.grpc_url, recognizer.regions.prefix), recognizer.regions.prefix
+            return (
+                list(plates),
+                registered_regions(served_pipeline.grpc_url, recognizer.regions.prefix),
+                recognizer.regions.prefix,
+            )
 
     plates, regions_while_open, prefix = asyncio.run(recognise_concurrently())
     for answer, reference in zip(plates, expected, strict=True):
@@ -94,3 +101,15 @@ def test_async_system_shared_memory_with_concurrent_calls(served_pipeline, test_
     assert len(regions_while_open) == CONCURRENT_CALLS  # one region per call in flight
     assert registered_regions(served_pipeline.grpc_url, prefix) == {}
     assert not any(Path("/dev/shm", name).exists() for name in regions_while_open)
+
+
+@pytest.mark.server
+def test_lpr_passes_shared_memory_through(served_pipeline, test_images, plain_plates, tmp_path, capsys) -> None:
+    for index in (1, 2):
+        cv2.imwrite(str(tmp_path / f"{index}.png"), test_images[index])
+    status = lpr([str(tmp_path), "--url", served_pipeline.grpc_url, "--shared-memory", "system", "--quiet"])
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert status == 0
+    assert [[plate["text"] for plate in record["plates"]] for record in records] == [
+        [plate.text for plate in plain_plates[index]] for index in (1, 2)
+    ]
