@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from alpr import paths, spec
 from alpr.geometry import Letterbox, letterbox_transform
-from alpr.models import YOLOv5, save_checkpoint
+from alpr.models import YOLOv5, load_detector, save_checkpoint
 from alpr.synth.scenes import make_scene
 from alpr.train.common import (
     Throughput,
@@ -99,9 +99,11 @@ def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = YOLOv5(args.scale, num_classes=1).to(device).train()
-    detect = model.model[-1]
-    criterion = YOLOv5Loss(detect.anchors, model.stride, num_classes=1, image_size=args.tile_size).to(device)
+    model = YOLOv5(args.scale, num_classes=1)
+    if args.init:
+        model.load_state_dict(load_detector(args.init).state_dict())
+    model = model.to(device).train()
+    criterion = YOLOv5Loss(model.anchors, model.stride, num_classes=1, image_size=args.tile_size).to(device)
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
         (no_decay if parameter.ndim <= 1 or name.endswith(".bias") else decay).append(parameter)
@@ -176,6 +178,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scale", default="n", choices=["n", "s", "m", "l", "x"], help="YOLOv5 scale")
     parser.add_argument("--tile-size", type=int, default=320, help="square training tile cut from the 640 input")
     parser.add_argument("--output", default=str(paths.default_weights("detector")), help="final weights")
+    parser.add_argument("--init", help="start from these weights (e.g. the committed defaults) instead of at random")
     parser.add_argument("--save-every", type=int, default=50)
     parser.add_argument("--log-every", type=int, default=25)
     return parser.parse_args(argv)

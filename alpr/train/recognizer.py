@@ -19,7 +19,7 @@ from tqdm import tqdm
 from alpr import ctc, paths, vocab
 from alpr.geometry import crop_plates
 from alpr.metrics import edit_distance
-from alpr.models import STN, LPRNet, save_checkpoint
+from alpr.models import STN, LPRNet, load_lprnet, load_stn, save_checkpoint
 from alpr.synth.dataset import plate_samples
 from alpr.train.common import (
     Throughput,
@@ -99,7 +99,12 @@ def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = Recogniser().to(device).train()
+    model = Recogniser()
+    if args.init_stn:
+        model.stn.load_state_dict(load_stn(args.init_stn).state_dict())
+    if args.init_lprnet:
+        model.lprnet.load_state_dict(load_lprnet(args.init_lprnet).state_dict())
+    model = model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     ctc_loss = nn.CTCLoss(blank=vocab.BLANK_INDEX, zero_infinity=True)
     run_dir = Path(args.run_dir)
@@ -170,6 +175,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--stn-output", default=str(paths.default_weights("stn")))
     parser.add_argument("--lprnet-output", default=str(paths.default_weights("lprnet")))
+    parser.add_argument("--init-stn", help="start the STN from these weights instead of at random")
+    parser.add_argument("--init-lprnet", help="start LPRNet from these weights instead of at random")
     return parser.parse_args(argv)
 
 

@@ -85,7 +85,7 @@ class YOLOv5Loss(nn.Module):
         batch_size = predictions[0].shape[0]
         box_loss, obj_loss, cls_loss = box_loss * self.box_gain, obj_loss * self.obj_gain, cls_loss * self.cls_gain
         total = (box_loss + obj_loss + cls_loss) * batch_size
-        parts = {"box": float(box_loss), "obj": float(obj_loss), "cls": float(cls_loss)}
+        parts = {name: float(part.detach()) for name, part in (("box", box_loss), ("obj", obj_loss), ("cls", cls_loss))}
         return total, parts
 
     def _assign(self, layer: int, prediction: torch.Tensor, targets: torch.Tensor):

@@ -1,0 +1,108 @@
+"""Training code: the YOLOv5 objective, both trainers end to end on a few steps, resumption, and the metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from alpr.metrics import DetectionTally, average_precision, box_iou, edit_distance, match_detections
+from alpr.models import YOLOv5, load_detector, load_lprnet, load_stn
+from alpr.train import detector as detector_trainer
+from alpr.train import recognizer as recogniser_trainer
+from alpr.train.yolo_loss import YOLOv5Loss, bbox_ciou
+
+
+def test_ciou_is_one_for_identical_boxes_and_lower_when_apart() -> None:
+    box = torch.tensor([[10.0, 10.0, 4.0, 2.0]])
+    assert torch.allclose(bbox_ciou(box, box), torch.ones(1), atol=1e-6)
+    shifted = box + torch.tensor([[3.0, 0.0, 0.0, 0.0]])
+    assert bbox_ciou(box, shifted).item() < 0.5
+
+
+def test_a_target_is_assigned_to_its_cell_and_the_two_nearest_neighbours() -> None:
+    model = YOLOv5("n", num_classes=1).train()
+    loss = YOLOv5Loss(model.head.anchors, model.stride, num_classes=1, image_size=256)
+    maps = model(torch.zeros(1, 3, 256, 256))
+    # A 40x10 plate centred at (100.3, 60.7) px; on the stride-8 grid the centre is (12.54, 7.59): cell (12, 7),
+    # plus the neighbours towards the centre's nearer sides, x + 1 (0.54 >= 0.5 is not near the left) and y + 1.
+    target = torch.tensor([[0, 0, 100.3, 60.7, 40.0, 10.0]])
+    image_idx, anchor_idx, grid_y, grid_x, box, _ = loss._assign(0, maps[0], target)
+    cells = {(int(x), int(y)) for x, y in zip(grid_x, grid_y, strict=True)}
+    assert cells == {(12, 7), (13, 7), (12, 8)}
+    assert torch.all(image_idx == 0)
+    assert torch.all((box[:, :2] >= -0.5) & (box[:, :2] <= 1.5))
+    assert len(set(anchor_idx.tolist())) >= 1
+
+
+def test_the_objective_falls_when_fitting_one_batch() -> None:
+    torch.manual_seed(0)
+    model = YOLOv5("n", num_classes=1).train()
+    criterion = YOLOv5Loss(model.head.anchors, model.stride, num_classes=1, image_size=128)
+    images = torch.rand(2, 3, 128, 128)
+    targets = torch.tensor([[0, 0, 40.0, 50.0, 36.0, 9.0], [1, 0, 90.0, 70.0, 50.0, 12.0]])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(8):
+        loss, _ = criterion(model(images), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert np.isfinite(losses).all()
+    assert losses[-1] < losses[0]
+
+
+def test_detector_trainer_runs_resumes_and_writes_loadable_weights(tmp_path) -> None:
+    args = detector_trainer.parse_args(
+        ["--iterations", "2", "--batch-size", "2", "--tile-size", "128", "--workers", "0", "--save-every", "1",
+         "--warmup", "1", "--run-dir", str(tmp_path / "run"), "--output", str(tmp_path / "detector.pt")]
+    )  # fmt: skip
+    report = detector_trainer.train(args)
+    assert report["iterations"] == 2 and (tmp_path / "run" / "last.pt").exists()
+    args.iterations, args.resume = 3, True
+    assert detector_trainer.train(args)["iterations"] == 3
+    trained = load_detector(tmp_path / "detector.pt")
+    assert trained(torch.zeros(1, 3, 640, 640)).shape == (1, 25200, 6)
+
+
+def test_recogniser_trainer_runs_and_writes_loadable_weights(tmp_path) -> None:
+    args = recogniser_trainer.parse_args(
+        ["--iterations", "2", "--batch-size", "4", "--workers", "0", "--validation-batches", "1", "--eval-every", "2",
+         "--warmup", "1", "--run-dir", str(tmp_path / "run"), "--stn-output", str(tmp_path / "stn.pt"),
+         "--lprnet-output", str(tmp_path / "lprnet.pt")]
+    )  # fmt: skip
+    report = recogniser_trainer.train(args)
+    assert report["iterations"] == 2
+    assert 0.0 <= report["validation"]["exact_match"] <= 1.0 and report["validation"]["plates"] == 128
+    crops = torch.zeros(2, 3, 24, 94)
+    assert load_lprnet(tmp_path / "lprnet.pt")(load_stn(tmp_path / "stn.pt")(crops)).shape == (2, 23, 18)
+
+
+def test_plate_crops_are_normalised_with_targets_in_the_alphabet() -> None:
+    crops, labels, lengths = recogniser_trainer.PlateCrops(6, crops_per_plate=2)(np.random.default_rng(3))
+    assert crops.shape == (6, 3, 24, 94)
+    assert crops.abs().max() <= 1.0
+    assert int(lengths.sum()) == len(labels) and labels.max() < 22
+
+
+def test_detection_metrics() -> None:
+    truth = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], dtype=float)
+    predicted = np.array([[0, 0, 10, 10], [50, 50, 60, 60], [21, 21, 30, 30]], dtype=float)
+    scores = np.array([0.9, 0.8, 0.7])
+    hits, matched = match_detections(predicted, scores, truth)
+    assert hits.tolist() == [True, False, True] and matched.tolist() == [0, 2]
+    assert box_iou(truth[:1], truth[:1])[0, 0] == pytest.approx(1.0)
+    # Ranked: hit, miss, hit -> precision envelope 1 up to recall 0.5, then 2/3 up to recall 1.
+    assert average_precision(scores, hits, 2) == pytest.approx(0.5 + 0.5 * 2 / 3)
+    tally = DetectionTally()
+    tally.add(predicted, scores, truth)
+    summary = tally.summary()
+    assert summary["recall"] == 1.0 and summary["precision"] == pytest.approx(2 / 3)
+
+
+def test_edit_distance() -> None:
+    assert edit_distance("B840CK197", "B840CK197") == 0
+    assert edit_distance("B840OK197", "B840CK197") == 1
+    assert edit_distance("", "A001AA77") == 8
+    assert edit_distance("A01AA77", "A001AA77") == 1
