@@ -156,6 +156,7 @@ def train(args: argparse.Namespace) -> dict:
         model.cpu(),
         Path(args.output),
         arch=f"yolov5{args.scale}",
+        half=True,
         num_classes=1,
         iterations=state.iteration,
         tile_size=args.tile_size,

@@ -155,8 +155,8 @@ def train(args: argparse.Namespace) -> dict:
 
     model.eval().cpu()
     meta = {"iterations": state.iteration, "seed": args.seed}
-    save_checkpoint(model.stn, Path(args.stn_output), arch="stn", **meta)
-    save_checkpoint(model.lprnet, Path(args.lprnet_output), arch="lprnet", **meta)
+    save_checkpoint(model.stn, Path(args.stn_output), arch="stn", half=True, **meta)
+    save_checkpoint(model.lprnet, Path(args.lprnet_output), arch="lprnet", half=True, **meta)
     report = {
         "iterations": state.iteration,
         "batch_size": args.batch_size,
