@@ -22,21 +22,36 @@ from alpr.metrics import DetectionTally, box_iou, edit_distance
 from alpr.pipeline import TorchPipeline
 from alpr.synth.dataset import HELDOUT_COUNT, HELDOUT_SEED, HELDOUT_SIZES, iter_scenes
 
+# Plate widths (source pixels) at which the report breaks recall and reading down: how far away a plate can be read.
+WIDTH_BINS = ((0, 40), (40, 80), (80, 10_000))
+
+
+def width_range_name(low: int, high: int) -> str:
+    return f"{low}+ px" if high == WIDTH_BINS[-1][1] else f"{low}-{high} px"
+
+
+def width_bin(box: tuple[float, float, float, float]) -> str:
+    """The report's name of the width range a box falls in."""
+    width = box[2] - box[0]
+    return next(width_range_name(low, high) for low, high in WIDTH_BINS if low <= width < high)
+
 
 class ReadingTally:
     """Exact-match rate and character error rate of plate texts."""
 
     def __init__(self) -> None:
-        self.plates = self.exact = self.edits = self.characters = 0
+        self.plates = self.found = self.exact = self.edits = self.characters = 0
 
-    def add(self, read: str, truth: str) -> None:
+    def add(self, read: str, truth: str, found: bool = True) -> None:
         self.plates += 1
+        self.found += found
         self.exact += read == truth
         self.edits += edit_distance(read, truth)
         self.characters += len(truth)
 
     def summary(self) -> dict[str, float]:
         return {
+            "recall": self.found / max(1, self.plates),
             "exact_match": self.exact / max(1, self.plates),
             "cer": self.edits / max(1, self.characters),
             "plates": self.plates,
@@ -47,13 +62,16 @@ def evaluate_heldout(pipeline: TorchPipeline, count: int) -> dict:
     """Detector, end-to-end and recogniser-only metrics on the first ``count`` held-out scenes."""
     detection = DetectionTally()
     end_to_end, recogniser = ReadingTally(), ReadingTally()
+    by_width = {width_range_name(low, high): ReadingTally() for low, high in WIDTH_BINS}
     empty_scenes = empty_scenes_clean = 0
     for scene in tqdm(iter_scenes(HELDOUT_SEED, count, HELDOUT_SIZES), total=count, desc="held-out"):
         readings = pipeline(scene.image)
         truth_boxes = np.array([plate.box_xyxy for plate in scene.plates], dtype=np.float64).reshape(-1, 4)
         matched = detection.add(readings.boxes, readings.det_scores, truth_boxes)
         for plate, prediction in zip(scene.plates, matched, strict=True):
-            end_to_end.add(readings.texts[prediction] if prediction >= 0 else "", plate.text)
+            read = readings.texts[prediction] if prediction >= 0 else ""
+            end_to_end.add(read, plate.text, prediction >= 0)
+            by_width[width_bin(plate.box_xyxy)].add(read, plate.text, prediction >= 0)
         if scene.plates:
             texts, _ = pipeline.read_boxes(scene.image, truth_boxes)
             for plate, text in zip(scene.plates, texts, strict=True):
@@ -66,6 +84,7 @@ def evaluate_heldout(pipeline: TorchPipeline, count: int) -> dict:
         "seed": HELDOUT_SEED,
         "detector": detection.summary(),
         "end_to_end": end_to_end.summary(),
+        "end_to_end_by_plate_width": {name: tally.summary() for name, tally in by_width.items()},
         "recogniser_on_true_boxes": recogniser.summary(),
         "empty_scenes": {"scenes": empty_scenes, "answered_no_plate": empty_scenes_clean},
     }
@@ -131,6 +150,17 @@ def markdown(report: dict) -> str:
         f"| empty scenes answered with no plate | {held['empty_scenes']['answered_no_plate']}"
         f" / {held['empty_scenes']['scenes']} |",
     ]
+    lines += [
+        "",
+        "End to end by plate width (source pixels):",
+        "",
+        "| width | plates | recall | exact match | CER |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, row in held["end_to_end_by_plate_width"].items():
+        lines.append(
+            f"| {name} | {row['plates']} | {row['recall']:.3f} | {row['exact_match']:.3f} | {row['cer']:.3f} |"
+        )
     if report.get("real"):
         lines += ["", "Real photos:", ""]
         for name, entry in report["real"].items():
