@@ -52,9 +52,10 @@ class TensorSpec:
 class Scheduling:
     """How Triton schedules one step: instances per target kind, dynamic batching and its queue.
 
-    CPU steps run one single-threaded instance each: the steps of successive requests already overlap, and on a
-    2-core machine a second instance of the preprocess, detector, lprnet or decoder step measured no gain (4.1-4.4
-    images/s for 1080p frames at 4 concurrent clients either way) while costing a process and its memory.
+    CPU steps run single-threaded instances: the steps of successive requests already overlap. The detector, the
+    heaviest step, gets two, so that it alone can keep both cores of a small machine busy (Model Analyzer's
+    recommendation, benchmarks/analysis/SUMMARY.md; with one instance it capped the ensemble at one core's worth,
+    benchmarks/RESULTS.md). A second instance of the light steps costs a process and its memory for no measured gain.
     """
 
     cpu_instances: int = 1
@@ -111,6 +112,7 @@ def graph_steps(max_plates: int = spec.MAX_PLATES) -> tuple[Step, ...]:
             ),
             max_batch_size=spec.DETECTOR_MAX_BATCH,
             scheduling=Scheduling(
+                cpu_instances=2,
                 gpu_instances=2,
                 preferred_batch_sizes=(2, 4),
                 max_queue_size=ENTRY_QUEUE_SIZE,

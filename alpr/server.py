@@ -12,6 +12,7 @@ with the stub for the running Python when the bundled build ships it apart, and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import filecmp
 import importlib.util
 import os
@@ -163,11 +164,13 @@ def server_environment(installation: TritonInstallation) -> dict[str, str]:
     return environment
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports nobody listens on right now (held together while chosen, so never repeated)."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for probe in probes:
+            probe.bind((host, 0))
+        return [probe.getsockname()[1] for probe in probes]
 
 
 @dataclass(frozen=True)
@@ -216,11 +219,12 @@ class TritonServer:
         extra_args: tuple[str, ...] = (),
     ) -> None:
         self.repository = Path(repository).resolve()
+        spare_http, spare_grpc, spare_metrics = free_ports(3, host)
         self.endpoints = Endpoints(
             host=host,
-            http_port=http_port or free_port(host),
-            grpc_port=grpc_port or free_port(host),
-            metrics_port=metrics_port or free_port(host),
+            http_port=http_port or spare_http,
+            grpc_port=grpc_port or spare_grpc,
+            metrics_port=metrics_port or spare_metrics,
         )
         self.build_dir = Path(build_dir).resolve()
         self.log_path = Path(log_path).resolve() if log_path is not None else None

@@ -17,9 +17,9 @@ whose ``preferred_batch_size`` exceeds it, which would end the search at its fir
 copy of the repository whose only difference is that the preferred batch sizes are cleared (it sets dynamic batching
 itself).
 
-Writes into ``--out``: ``SUMMARY.md`` (what Model Analyzer recommends), ``best/<model>/config.pbtxt`` (the best
-configuration found per profiled model), ``reports/`` (its summary reports, HTML and PNG) and ``results/`` (its
-CSV tables). Its checkpoints, variant repositories and logs stay in ``--work``.
+Writes into ``--out``: ``SUMMARY.md`` (what Model Analyzer recommends), ``best/<variant>/config.pbtxt`` (the best
+configuration found per profiled model), ``reports/`` (its summary and detailed reports, HTML), ``plots/`` (PNG) and
+``results/`` (its CSV tables). Its checkpoints, variant repositories and logs stay in ``--work``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import csv
 import json
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -39,7 +40,13 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from alpr import spec
-from alpr.server import find_installation, free_port, prepare_backend_directory, server_environment
+from alpr.server import (
+    SHM_DEFAULT_BYTES,
+    find_installation,
+    free_ports,
+    prepare_backend_directory,
+    server_environment,
+)
 from benchmarks.baseline import read_config
 from benchmarks.inputs import folder_images, mixed_scenes, read_images, write_input_data, write_scenes
 from benchmarks.perf_analyzer import find_perf_analyzer, perf_analyzer_environment, why_perf_analyzer_cannot_run
@@ -49,6 +56,10 @@ SEED = 7
 # Per profiled model; Model Analyzer stops a perf_analyzer run after this long.
 PERF_ANALYZER_TIMEOUT_S = 300
 PROCESS_TIMEOUT_S = 4 * 3600
+# Times Model Analyzer may lengthen the windows of a measurement that does not stabilise.
+MAX_AUTO_ADJUSTS = 3
+# How long Model Analyzer gets to stop its server and save its checkpoint when interrupted.
+STOP_TIMEOUT_S = 60
 
 
 @dataclass(frozen=True)
@@ -58,7 +69,9 @@ class SearchLimits:
     max_instance_count: int
     max_concurrency: int
     max_binary_search_steps: int
-    measurement_request_count: int
+    # perf_analyzer time windows and how much they may differ; Model Analyzer lengthens unstable windows.
+    measurement_interval_ms: int
+    stability_percentage: float
     # Re-measure the best configurations over a range of concurrencies for the reports' curves.
     concurrency_sweep: bool
 
@@ -67,14 +80,16 @@ FULL_LIMITS = SearchLimits(
     max_instance_count=3,
     max_concurrency=16,
     max_binary_search_steps=3,
-    measurement_request_count=50,
+    measurement_interval_ms=3000,
+    stability_percentage=20,
     concurrency_sweep=True,
 )
 QUICK_LIMITS = SearchLimits(
     max_instance_count=2,
     max_concurrency=8,
     max_binary_search_steps=2,
-    measurement_request_count=20,
+    measurement_interval_ms=2000,
+    stability_percentage=30,
     concurrency_sweep=False,
 )
 
@@ -121,6 +136,7 @@ def analyzer_config(
     backend_directory = prepare_backend_directory(installation, work / "triton")
     environment = server_environment(installation)
     server_environment_subset = {key: environment[key] for key in ("PATH", "LD_LIBRARY_PATH") if key in environment}
+    http_port, grpc_port, metrics_port = free_ports(3)
     config: dict[str, object] = {
         "model_repository": str(repository.resolve()),
         "output_model_repository_path": str((work / "variants").resolve()),
@@ -132,19 +148,24 @@ def analyzer_config(
         "triton_output_path": str((work / "tritonserver.log").resolve()),
         "triton_server_flags": {
             "backend-directory": str(backend_directory),
-            # Room for a full-HD frame in each Python-backend instance's shared memory from the start.
-            "backend-config": "python,shm-default-byte-size=16777216",
+            # As alpr.server starts it; Model Analyzer takes one --backend-config, so the growth step stays default.
+            "backend-config": f"python,shm-default-byte-size={SHM_DEFAULT_BYTES}",
         },
         "triton_server_environment": server_environment_subset,
-        "triton_http_endpoint": f"localhost:{free_port()}",
-        "triton_grpc_endpoint": f"localhost:{free_port()}",
-        "triton_metrics_url": f"http://localhost:{free_port()}/metrics",
+        "triton_http_endpoint": f"localhost:{http_port}",
+        "triton_grpc_endpoint": f"localhost:{grpc_port}",
+        "triton_metrics_url": f"http://localhost:{metrics_port}/metrics",
         "client_protocol": "grpc",
         "perf_analyzer_path": str(perf_analyzer_wrapper(work)),
         "perf_analyzer_timeout": PERF_ANALYZER_TIMEOUT_S,
         # perf_analyzer shares two cores with the server: do not abort it for using them.
         "perf_analyzer_cpu_util": 400.0,
-        "perf_analyzer_flags": {"measurement-request-count": limits.measurement_request_count},
+        "perf_analyzer_flags": {
+            "measurement-mode": "time_windows",
+            "measurement-interval": limits.measurement_interval_ms,
+            "stability-percentage": limits.stability_percentage,
+        },
+        "perf_analyzer_max_auto_adjusts": MAX_AUTO_ADJUSTS,
         "run_config_search_mode": "quick",
         "run_config_search_max_instance_count": limits.max_instance_count,
         "run_config_search_max_concurrency": limits.max_concurrency,
@@ -204,18 +225,19 @@ def run_model_analyzer(config: dict[str, object], work: Path, label: str) -> tup
     command = [str(model_analyzer_executable()), "profile", "-f", str(config_path)]
     print(f"$ {' '.join(command)}  (log {log_path})", flush=True)
     with log_path.open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=work)
         try:
-            result = subprocess.run(
-                command,
-                env=perf_analyzer_environment(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=PROCESS_TIMEOUT_S,
-                cwd=work,
-            )
-        except subprocess.TimeoutExpired:
-            return False, log_path
-    return result.returncode == 0, log_path
+            status = process.wait(timeout=PROCESS_TIMEOUT_S)
+        except BaseException:
+            # Timeout or interruption: SIGINT lets Model Analyzer stop the server it started and save a checkpoint.
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            raise
+    return status == 0, log_path
 
 
 def measured_rows(export: Path) -> list[dict[str, str]]:
@@ -264,12 +286,13 @@ def collect(work: Path, out: Path, profiled: list[str]) -> Findings:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    for folder in ("reports", "results"):
+    for folder in ("reports", "plots", "results"):
         if (export / folder).is_dir():
             shutil.copytree(export / folder, out / folder)
     reports = sorted(
         path.relative_to(out).as_posix()
-        for path in (out / "reports").rglob("*")
+        for folder in ("reports", "plots")
+        for path in (out / folder).rglob("*")
         if path.suffix in {".html", ".png", ".pdf"}
     )
     rows = measured_rows(export)
@@ -348,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("auto", "ensemble", "steps"), default="auto")
     parser.add_argument("--quick", action="store_true", help="smaller search: for a smoke check")
     args = parser.parse_args(argv)
+    # A plain `kill` then unwinds like Ctrl-C, so Model Analyzer and its server are stopped too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     reason = why_perf_analyzer_cannot_run()
     if reason is not None:
         print(f"benchmarks.analyze: perf_analyzer cannot run: {reason}", file=sys.stderr)
@@ -356,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmarks.analyze: {args.repository} is not a built repository: run `make engines`", file=sys.stderr)
         return 1
     limits = QUICK_LIMITS if args.quick else FULL_LIMITS
-    work: Path = args.work
+    # Absolute: Model Analyzer runs inside the work folder and reads every path from its YAML.
+    work: Path = args.work.resolve()
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
@@ -382,15 +408,17 @@ def main(argv: list[str] | None = None) -> int:
             mode = "ensemble"
         else:
             error = first_perf_error(export)
+            ensemble_failure = "no configuration other than the served one could be measured"
+            if error:
+                ensemble_failure += f" (perf_analyzer: `{error}`)"
+            ensemble_failure += "."
+            if error and "batch-size must be <=" in error:
+                ensemble_failure += (
+                    " The quick search starts the composing models at max_batch_size 1, but the crops of one image "
+                    f"reach stn and lprnet as one batch of up to K = {spec.MAX_PLATES}."
+                )
             if not succeeded:
-                ensemble_failure = f"Model Analyzer exited with an error (log `{log.name}` in the work folder)."
-            else:
-                ensemble_failure = f"no configuration other than the served one could be measured (`{error}`)."
-                if error and "batch-size must be <=" in error:
-                    ensemble_failure += (
-                        " The quick search starts the composing models at max_batch_size 1, but the crops of one "
-                        f"image reach stn and lprnet as one batch of up to K = {spec.MAX_PLATES}."
-                    )
+                ensemble_failure += f" Model Analyzer then exited with an error (`{log.name}` in the work folder)."
             print(f"ensemble search failed: {ensemble_failure}", flush=True)
             if args.mode == "ensemble":
                 return 1

@@ -42,6 +42,20 @@ USEC_PER_MS = 1000.0
 class PerfAnalyzerError(RuntimeError):
     """perf_analyzer is missing, cannot start, or failed; the message carries the end of its output."""
 
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        # One line on why a measurement failed (the server's errors when it answered some), for reports.
+        self.reason = reason or message.splitlines()[0]
+
+
+def failure_reason(output: str) -> str:
+    """The distinct request errors perf_analyzer printed (``Thread [n] had error: ...``), else its last line."""
+    errors = [line.split("had error:", 1)[1].strip() for line in output.splitlines() if "had error:" in line]
+    if errors:
+        return "; ".join(dict.fromkeys(errors))
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
 
 @dataclass(frozen=True)
 class MeasurementSettings:
@@ -62,15 +76,16 @@ class PerfMeasurement:
     p90_ms: float
     p95_ms: float
     p99_ms: float
-    # Server-side averages per request from the same CSV: queue, compute input/infer/output (ms).
+    # The CSV's latency components (ms). For an ensemble perf_analyzer reports the top model's own queue (nothing)
+    # and the composing models' summed compute, and the composing models' queueing lands in network_server_ms.
+    client_send_ms: float
+    network_server_ms: float
     server_queue_ms: float
     server_compute_input_ms: float
     server_compute_infer_ms: float
     server_compute_output_ms: float
-    # Client send + "network + server send/recv" + client receive: the time outside Triton's model statistics, i.e.
-    # (de)serialisation, the gRPC frontend and the network (ms).
-    transport_ms: float
-    # Average latency: the sum of all the CSV's components (ms).
+    client_recv_ms: float
+    # Average latency: the sum of the components (ms).
     average_ms: float
     stable: bool
     command: list[str] = field(default_factory=list)
@@ -184,8 +199,15 @@ def read_csv_report(csv_path: Path) -> list[dict[str, float]]:
 
 def measurement_from_row(row: dict[str, float], *, stable: bool, command: list[str]) -> PerfMeasurement:
     """A ``PerfMeasurement`` from one CSV row."""
-    transport_us = row["Client Send"] + row["Network+Server Send/Recv"] + row["Client Recv"]
-    server_us = sum(row[f"Server {part}"] for part in ("Queue", "Compute Input", "Compute Infer", "Compute Output"))
+    components = (
+        "Client Send",
+        "Network+Server Send/Recv",
+        "Server Queue",
+        "Server Compute Input",
+        "Server Compute Infer",
+        "Server Compute Output",
+        "Client Recv",
+    )
     return PerfMeasurement(
         concurrency=int(row["Concurrency"]),
         throughput=row["Inferences/Second"],
@@ -193,12 +215,14 @@ def measurement_from_row(row: dict[str, float], *, stable: bool, command: list[s
         p90_ms=row["p90 latency"] / USEC_PER_MS,
         p95_ms=row["p95 latency"] / USEC_PER_MS,
         p99_ms=row["p99 latency"] / USEC_PER_MS,
+        client_send_ms=row["Client Send"] / USEC_PER_MS,
+        network_server_ms=row["Network+Server Send/Recv"] / USEC_PER_MS,
         server_queue_ms=row["Server Queue"] / USEC_PER_MS,
         server_compute_input_ms=row["Server Compute Input"] / USEC_PER_MS,
         server_compute_infer_ms=row["Server Compute Infer"] / USEC_PER_MS,
         server_compute_output_ms=row["Server Compute Output"] / USEC_PER_MS,
-        transport_ms=transport_us / USEC_PER_MS,
-        average_ms=(transport_us + server_us) / USEC_PER_MS,
+        client_recv_ms=row["Client Recv"] / USEC_PER_MS,
+        average_ms=sum(row[component] for component in components) / USEC_PER_MS,
         stable=stable,
         command=command,
     )
@@ -262,8 +286,11 @@ def measure(
         command = perf_command(**common, request_count=request_count)
         result = _run(command, log_path)
     if result.returncode != 0 or not csv_path.is_file():
-        output = (result.stdout + result.stderr).strip()[-3000:]
-        raise PerfAnalyzerError(f"perf_analyzer failed with status {result.returncode} (log {log_path}):\n{output}")
+        output = (result.stdout + result.stderr).strip()
+        raise PerfAnalyzerError(
+            f"perf_analyzer failed with status {result.returncode} (log {log_path}):\n{output[-3000:]}",
+            reason=failure_reason(output),
+        )
     rows = read_csv_report(csv_path)
     if len(rows) != 1:
         raise PerfAnalyzerError(f"expected one row in {csv_path}, found {len(rows)}")

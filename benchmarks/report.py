@@ -50,17 +50,30 @@ PLOT_FILES = {
 
 
 def _by_concurrency(results: dict[str, Any], design: str) -> dict[int, dict[str, Any]]:
-    """Measurement of ``design`` per concurrency (perf_analyzer designs nest it under ``measurement``)."""
+    """Completed measurements of ``design`` per concurrency (served designs nest them under ``measurement``)."""
     rows = {}
     for entry in results.get(design) or []:
         measurement = entry.get("measurement", entry)
-        rows[int(measurement["concurrency"])] = measurement
+        if measurement:
+            rows[int(measurement["concurrency"])] = measurement
     return rows
+
+
+def _failures(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(where, entry) of every served measurement that did not complete."""
+    entries = [(DESIGN_LABELS[design], entry) for design in ("ensemble", "bls") for entry in results.get(design) or []]
+    shm = results.get("shared_memory") or {}
+    if shm.get("shm_error"):
+        entries.append(("ensemble, system shared memory", {"concurrency": None, "error": shm["shm_error"]}))
+    for sweep, points in (results.get("scaling") or {}).items():
+        if isinstance(points, list):
+            entries += [(f"scaling by {sweep}: {point['label']}", point) for point in points]
+    return [(where, entry) for where, entry in entries if entry.get("error")]
 
 
 def _steps(results: dict[str, Any], design: str, concurrency: int) -> list[dict[str, Any]]:
     for entry in results.get(design) or []:
-        if int(entry["measurement"]["concurrency"]) == concurrency:
+        if int(entry["concurrency"]) == concurrency:
             return entry.get("steps", [])
     return []
 
@@ -150,8 +163,8 @@ def _explain_latency_gap(results: dict[str, Any]) -> str | None:
     gap = ensemble["p50_ms"] - floor["p50_ms"]
     text = (
         f"At concurrency {low} the ensemble's p50 is {gap:.1f} ms above the floor's ({ensemble['p50_ms']:.1f} vs "
-        f"{floor['p50_ms']:.1f} ms). Per request, {ensemble['transport_ms']:.1f} ms went outside Triton's model "
-        "statistics (serialising the image, the gRPC frontend, the network); inside the server the steps spent "
+        f"{floor['p50_ms']:.1f} ms). Sending the image over gRPC took {ensemble['client_send_ms']:.2f} ms per "
+        "request; inside the server the steps spent "
         f"{inference:.1f} ms computing, {copies:.1f} ms moving tensors in and out of the Python-backend processes "
         f"(compute input + output) and {queued:.1f} ms queued."
     )
@@ -172,7 +185,7 @@ def _explain_throughput_gap(results: dict[str, Any]) -> str | None:
         return None
     busiest = max(
         (step for name, step in steps.items() if name != results.get("ensemble_model")),
-        key=lambda step: step["compute_infer_ms"],
+        key=lambda step: step["busy_ms"],
         default=None,
     )
     if busiest is None:
@@ -183,8 +196,8 @@ def _explain_throughput_gap(results: dict[str, Any]) -> str | None:
         if name != results.get("ensemble_model")
     )
     return (
-        f"At concurrency {high} the busiest step is `{busiest['model']}` ({busiest['compute_infer_ms']:.1f} ms of "
-        f"inference per request, batches of {busiest['average_batch']:.2f} on average); every request also pays "
+        f"At concurrency {high} the busiest step is `{busiest['model']}` (an instance busy {busiest['busy_ms']:.1f} ms "
+        f"per image, batches of {busiest['average_batch']:.2f} on average); every request also pays "
         f"{copies:.1f} ms of tensor copies into and out of the Python-backend step processes, work the floor, which "
         "hands NumPy arrays between sessions in one process, never does. On a machine with "
         f"{results['machine'].get('usable_cores')} cores those copies and the server's own threads compete with "
@@ -233,11 +246,10 @@ def cost_paragraph(results: dict[str, Any]) -> str:
     copies = sum(step["compute_input_ms"] + step["compute_output_ms"] for step in composing)
     text = (
         f"At concurrency {concurrency} a request takes {measurement['average_ms']:.1f} ms on average as the client "
-        f"sees it: {_fmt(inside)} ms inside the ensemble and {measurement['transport_ms']:.1f} ms outside Triton's "
-        f"model statistics (serialising the image, the gRPC frontend, the network). Inside, it waits "
-        f"{queued:.1f} ms in the steps' queues and spends {copies:.1f} ms moving tensors into and out of the step "
-        f"processes. Counting every batch execution once, the steps keep an instance busy for {busy:.1f} ms per "
-        f"image: {shares}."
+        f"sees it ({measurement['client_send_ms']:.2f} ms of it sending the image over gRPC) and, by Triton's "
+        f"statistics, {_fmt(inside)} ms inside the ensemble. There it waits {queued:.1f} ms in the steps' queues "
+        f"and spends {copies:.1f} ms moving tensors into and out of the step processes. Counting every batch "
+        f"execution once, the steps keep an instance busy for {busy:.1f} ms per image: {shares}."
     )
     recogniser = next((step for step in composing if step["model"] == "stn"), None)
     if recogniser is not None:
@@ -246,14 +258,21 @@ def cost_paragraph(results: dict[str, Any]) -> str:
             f"batcher runs them in batches of {recogniser['average_batch']:.1f} crops on average."
         )
     scaling = results.get("scaling") or {}
-    sizes = scaling.get("image_size") or []
+    sizes = [point for point in scaling.get("image_size") or [] if point["measurement"]]
     if len(sizes) >= 2:
         first, last = sizes[0], sizes[-1]
+        busy_first = {step["model"]: step["busy_ms"] for step in first["steps"] if step["model"] != ensemble_model}
+        busy_last = {step["model"]: step["busy_ms"] for step in last["steps"] if step["model"] != ensemble_model}
+        growth = sorted(
+            (name for name in busy_first if name in busy_last),
+            key=lambda name: busy_last[name] - busy_first[name],
+            reverse=True,
+        )[:2]
+        grown = " and ".join(f"`{name}` ({busy_first[name]:.1f} to {busy_last[name]:.1f} ms)" for name in growth)
         text += (
             f" From {first['label']} to {last['label']} images the throughput goes from "
-            f"{first['measurement']['throughput']:.1f} to {last['measurement']['throughput']:.1f} images/s: "
-            "the detector always sees a 640x640 letterbox, so what grows is the image transfer and the "
-            "preprocess and crop steps, which read the full frame."
+            f"{first['measurement']['throughput']:.1f} to {last['measurement']['throughput']:.1f} images/s; the "
+            f"busy time per image grows most in {grown}."
         )
     return text
 
@@ -273,6 +292,7 @@ def _plot_throughput(results: dict[str, Any], path: Path) -> None:
     if shm:
         axes.plot([shm["concurrency"]], [shm["throughput"]], "D", label="ensemble, system shared memory")
     axes.set_xscale("log", base=2)
+    axes.set_ylim(bottom=0)
     axes.set_xlabel("concurrent requests")
     axes.set_ylabel("images / s")
     axes.set_title("Throughput vs concurrency")
@@ -333,21 +353,23 @@ def _plot_breakdown(results: dict[str, Any], path: Path) -> None:
 def _plot_scaling(results: dict[str, Any], path: Path) -> bool:
     scaling = results.get("scaling") or {}
     sweeps = [(key, title) for key, title in (("image_size", "image size"), ("plates", "plates drawn per image"))]
-    sweeps = [(key, title) for key, title in sweeps if scaling.get(key)]
+    sweeps = [(key, title) for key, title in sweeps if any(point["measurement"] for point in scaling.get(key) or [])]
     if not sweeps:
         return False
     figure, all_axes = plt.subplots(2, len(sweeps), figsize=(6 * len(sweeps), 7), squeeze=False)
     for column, (key, title) in enumerate(sweeps):
-        points = scaling[key]
+        points = [point for point in scaling[key] if point["measurement"]]
         labels = [point["label"] for point in points]
         throughput_axes, latency_axes = all_axes[0][column], all_axes[1][column]
         throughput_axes.plot(labels, [point["measurement"]["throughput"] for point in points], "o-")
+        throughput_axes.set_ylim(bottom=0)
         throughput_axes.set_ylabel("images / s")
         throughput_axes.set_title(f"Ensemble vs {title} (concurrency {scaling['concurrency']})")
         for percentile in PERCENTILES:
             latency_axes.plot(
                 labels, [point["measurement"][f"{percentile}_ms"] for point in points], "o-", label=percentile
             )
+        latency_axes.set_ylim(bottom=0)
         latency_axes.set_ylabel("latency, ms")
         latency_axes.set_xlabel(title)
         latency_axes.legend()
@@ -493,19 +515,41 @@ def _acceptance_section(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _failures_section(results: dict[str, Any]) -> list[str]:
+    failures = _failures(results)
+    if not failures:
+        return []
+    rows = [[where, str(entry.get("concurrency") or ""), entry["error"]] for where, entry in failures]
+    return [
+        "## Measurements that did not complete",
+        "",
+        "perf_analyzer stops a level when the server refuses requests (the product's queues reject what waits "
+        "longer than their timeout); the level is left out of the tables above.",
+        "",
+        *_table(["design", "concurrency", "server's answer"], rows),
+        "",
+    ]
+
+
 def _shared_memory_section(results: dict[str, Any]) -> list[str]:
     comparison = results.get("shared_memory") or {}
     grpc, shm = comparison.get("grpc"), comparison.get("shm")
     if not (grpc and shm):
         return []
     rows = [
-        [name, f"{row['throughput']:.1f}", f"{row['p50_ms']:.1f}", f"{row['p99_ms']:.1f}", f"{row['transport_ms']:.2f}"]
+        [
+            name,
+            f"{row['throughput']:.1f}",
+            f"{row['p50_ms']:.1f}",
+            f"{row['p99_ms']:.1f}",
+            f"{row['client_send_ms']:.2f}",
+        ]
         for name, row in (("gRPC payload", grpc), ("system shared memory", shm))
     ]
     return [
         f"## gRPC payload vs system shared memory (ensemble, concurrency {shm['concurrency']})",
         "",
-        *_table(["input/output transfer", "img/s", "p50 ms", "p99 ms", "outside the model statistics, ms"], rows),
+        *_table(["input/output transfer", "img/s", "p50 ms", "p99 ms", "client send ms"], rows),
         "",
     ]
 
@@ -557,6 +601,9 @@ def _scaling_section(results: dict[str, Any]) -> list[str]:
         for point in points:
             steps = {step["model"]: step for step in point["steps"]}
             measurement = point["measurement"]
+            if not measurement:
+                rows.append([point["label"], "failed", *([""] * (len(header) - 2))])
+                continue
             crops = steps.get("stn", {}).get("inferences_per_request")
             rows.append(
                 [
@@ -564,13 +611,14 @@ def _scaling_section(results: dict[str, Any]) -> list[str]:
                     f"{measurement['throughput']:.1f}",
                     *(f"{measurement[f'{p}_ms']:.1f}" for p in PERCENTILES),
                     _fmt(crops, 2),
-                    *(_fmt(steps[name]["request_ms"], 2) if name in steps else "n/a" for name in step_names),
+                    *(_fmt(steps[name]["busy_ms"], 2) if name in steps else "n/a" for name in step_names),
                 ]
             )
         lines += [f"**vs {title}**", "", *_table(header, rows), ""]
     lines += [
-        "Step columns: server time per request of each step (queue + compute). With untrained detector weights the "
-        "number of crops does not follow the plates drawn.",
+        "Step columns: how long each step keeps an instance busy per image (batch executions counted once). "
+        "crops/image: what the crop step passed on; with untrained detector weights it does not follow the plates "
+        "drawn.",
         "",
     ]
     return lines
@@ -607,6 +655,7 @@ def render(results: dict[str, Any], plots: dict[str, Path], results_path: Path) 
         lines += [*(f"> {note}" for note in results["notes"]), ""]
     lines += _acceptance_section(results)
     lines += _designs_section(results)
+    lines += _failures_section(results)
     for kind in ("throughput", "latency"):
         if kind in plots:
             lines += [f"![{kind}]({Path(os.path.relpath(plots[kind], results_path.parent)).as_posix()})", ""]

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -51,7 +52,13 @@ from benchmarks.inputs import (
     write_scenes,
 )
 from benchmarks.machine import describe_machine, git_commit
-from benchmarks.perf_analyzer import MeasurementSettings, PerfMeasurement, measure, why_perf_analyzer_cannot_run
+from benchmarks.perf_analyzer import (
+    MeasurementSettings,
+    PerfAnalyzerError,
+    PerfMeasurement,
+    measure,
+    why_perf_analyzer_cannot_run,
+)
 from benchmarks.report import write_report
 from benchmarks.server_stats import read_counters, step_times
 
@@ -177,25 +184,36 @@ def measure_served(
     shared_memory: bool = False,
     label: str | None = None,
 ) -> dict[str, Any]:
-    """One perf_analyzer measurement with the server-side time of ``models`` around it."""
+    """One perf_analyzer measurement with the server-side time of ``models`` around it.
+
+    A level perf_analyzer cannot complete (the server refused requests, e.g. on a queue timeout) is recorded with
+    its reason instead of a measurement, and the run goes on.
+    """
     before = read_counters(client)
-    measurement: PerfMeasurement = measure(
-        model=model,
-        url=url,
-        input_data=input_data,
-        concurrency=concurrency,
-        out_dir=out_dir,
-        settings=settings,
-        shared_memory=shared_memory,
-        label=label,
-    )
-    steps = step_times(before, read_counters(client), models)
-    print(
-        f"  {label or model} c={concurrency}: {measurement.throughput:.1f} img/s, p50 {measurement.p50_ms:.1f} ms, "
-        f"p99 {measurement.p99_ms:.1f} ms{'' if measurement.stable else ' (unstable)'}",
-        flush=True,
-    )
-    return {"measurement": measurement.to_dict(), "steps": [step.to_dict() for step in steps]}
+    entry: dict[str, Any] = {"concurrency": concurrency, "label": label or model, "measurement": None, "error": None}
+    try:
+        measurement: PerfMeasurement = measure(
+            model=model,
+            url=url,
+            input_data=input_data,
+            concurrency=concurrency,
+            out_dir=out_dir,
+            settings=settings,
+            shared_memory=shared_memory,
+            label=label,
+        )
+    except PerfAnalyzerError as error:
+        entry["error"] = error.reason
+        print(f"  {entry['label']} c={concurrency}: FAILED: {error.reason}", flush=True)
+    else:
+        entry["measurement"] = measurement.to_dict()
+        print(
+            f"  {entry['label']} c={concurrency}: {measurement.throughput:.1f} img/s, p50 {measurement.p50_ms:.1f} "
+            f"ms, p99 {measurement.p99_ms:.1f} ms{'' if measurement.stable else ' (unstable)'}",
+            flush=True,
+        )
+    entry["steps"] = [step.to_dict() for step in step_times(before, read_counters(client), models)]
+    return entry
 
 
 def scaling_inputs(profile: Profile, out: Path) -> dict[str, list[tuple[str, Path]]]:
@@ -280,17 +298,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             designs = [("ensemble", spec.ENSEMBLE_NAME, ensemble_models)]
             if with_bls:
                 designs.append(("bls", BLS_MODEL_NAME, baseline_models()))
+            designs_run = [design for design, _, _ in designs]
             common = dict(url=url, input_data=input_data, out_dir=csv_dir, settings=profile.settings)
-            for design, model, models in designs:
-                print(f"measuring {design}", flush=True)
-                for concurrency in profile.concurrencies:
+            # The designs take turns at each level, so a change in the machine's load between levels hits both.
+            for concurrency in profile.concurrencies:
+                print(f"measuring concurrency {concurrency}", flush=True)
+                for design, model, models in designs:
                     results[design].append(
                         measure_served(client, model=model, models=models, concurrency=concurrency, **common)
                     )
             shm_concurrency = profile.shared_memory_concurrency
-            grpc_entry = next(
-                (e for e in results["ensemble"] if e["measurement"]["concurrency"] == shm_concurrency), None
-            )
+            grpc_entry = next((e for e in results["ensemble"] if e["concurrency"] == shm_concurrency), None)
             shm_entry = measure_served(
                 client,
                 model=spec.ENSEMBLE_NAME,
@@ -302,6 +320,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["shared_memory"] = {
                 "grpc": grpc_entry["measurement"] if grpc_entry else None,
                 "shm": shm_entry["measurement"],
+                "shm_error": shm_entry["error"],
                 "steps": shm_entry["steps"],
             }
             if sweeps:
@@ -310,7 +329,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     print(f"scaling with {sweep}", flush=True)
                     results["scaling"][sweep] = [
                         {
-                            "label": label,
                             **measure_served(
                                 client,
                                 model=spec.ENSEMBLE_NAME,
@@ -322,6 +340,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 settings=profile.settings,
                                 label=f"scaling_{sweep}_{label}",
                             ),
+                            "label": label,
                         }
                         for label, data in points
                     ]
@@ -340,9 +359,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["floor"].append(measurement.to_dict())
 
     settings = profile.settings
+    # One example command line per design: the first level each completed (the others differ in concurrency only).
+    examples = [next((e["measurement"] for e in results[design] if e["measurement"]), None) for design in designs_run]
+    examples.append(results["shared_memory"]["shm"])
     results["perf_commands"] = [
-        shlex.join(entry["measurement"]["command"]).replace(str(repo_root()) + "/", "")
-        for entry in (results["ensemble"][:1] + results["bls"][:1] + [{"measurement": results["shared_memory"]["shm"]}])
+        shlex.join(example["command"]).replace(str(repo_root()) + "/", "") for example in examples if example
     ]
     results["method"] = [
         f"perf_analyzer, one process per concurrency level: windows of {settings.measurement_interval_ms} ms until "
@@ -374,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.argv = argv
+    # A plain `kill` then unwinds like Ctrl-C, so the server started here is stopped too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     for step in STEPS:
         if not (args.repository / step / "config.pbtxt").is_file():
             print(f"benchmarks.run: {args.repository} is not a built repository: run `make engines`", file=sys.stderr)

@@ -106,7 +106,7 @@ def fake_level(concurrency: int, throughput: float, p50_ms: float) -> dict[str, 
         "p90_ms": 1.5 * p50_ms,
         "p95_ms": 1.8 * p50_ms,
         "p99_ms": 2 * p50_ms,
-        "transport_ms": 1.0,
+        "client_send_ms": 1.0,
         "average_ms": 1.2 * p50_ms,
         "stable": True,
     }
@@ -128,10 +128,14 @@ def fake_results() -> dict[str, object]:
     }
     return {
         "ensemble": [
-            {"measurement": fake_level(1, 20.0, 55.0), "steps": [step]},
-            {"measurement": fake_level(8, 60.0, 130.0), "steps": [step]},
+            {"concurrency": 1, "measurement": fake_level(1, 20.0, 55.0), "steps": [step]},
+            {"concurrency": 8, "measurement": fake_level(8, 60.0, 130.0), "steps": [step]},
+            {"concurrency": 16, "measurement": None, "error": "Request timeout expired", "steps": [step]},
         ],
-        "bls": [{"measurement": fake_level(1, 15.0, 70.0)}, {"measurement": fake_level(8, 30.0, 260.0)}],
+        "bls": [
+            {"concurrency": 1, "measurement": fake_level(1, 15.0, 70.0)},
+            {"concurrency": 8, "measurement": fake_level(8, 30.0, 260.0)},
+        ],
         "floor": [fake_level(1, 22.0, 50.0), fake_level(8, 100.0, 80.0)],
         "ensemble_model": spec.ENSEMBLE_NAME,
         "bls_model": BLS_MODEL_NAME,
@@ -170,6 +174,8 @@ def test_report_has_tables_plots_and_the_missed_target(tmp_path: Path) -> None:
     text = report.read_text()
     assert "missed by 20 %" in text
     assert "| 8 | 60.0 |" in text
+    # A level the server refused is reported as such, not dropped silently.
+    assert "| 16 | Request timeout expired |" in text
     for plot in ("throughput.png", "latency.png", "step_breakdown.png"):
         assert (tmp_path / plot).stat().st_size > 0
         assert f"]({plot})" in text
