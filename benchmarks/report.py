@@ -617,8 +617,8 @@ def _scaling_section(results: dict[str, Any]) -> list[str]:
         lines += [f"**vs {title}**", "", *_table(header, rows), ""]
     lines += [
         "Step columns: how long each step keeps an instance busy per image (batch executions counted once). "
-        "crops/image: what the crop step passed on; with untrained detector weights it does not follow the plates "
-        "drawn.",
+        "crops/image: what the crop step passed on, i.e. what the detector found (one padding row when nothing), "
+        "which need not equal the plates drawn.",
         "",
     ]
     return lines
