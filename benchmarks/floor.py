@@ -14,15 +14,15 @@ import itertools
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from alpr.pipeline import STEPS, OnnxPipeline
 from alpr.repository import VERSION
 from benchmarks.baseline import read_config
+from benchmarks.perf_analyzer import LoadLevel
 
 # Thread parameters of a served step: the cpu target's runner and the native onnxruntime backend name them apart.
 INTRA_OP_PARAMETERS = ("intra_op_threads", "intra_op_thread_count")
@@ -59,21 +59,12 @@ def floor_pipeline(repository: Path, graphs_dir: Path) -> OnnxPipeline:
 
 
 @dataclass(frozen=True)
-class FloorMeasurement:
-    """One concurrency level of the floor (latencies in milliseconds)."""
+class FloorMeasurement(LoadLevel):
+    """One concurrency level of the floor."""
 
-    concurrency: int
-    throughput: float
-    p50_ms: float
-    p90_ms: float
-    p95_ms: float
-    p99_ms: float
     requests: int
-    # Plates answered per image: with random-init weights the detector finds boxes regardless of the plates drawn.
+    # Plates answered per image: what the detector found, which need not equal the plates drawn.
     plates_per_image: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def measure_floor(

@@ -67,8 +67,8 @@ class MeasurementSettings:
 
 
 @dataclass(frozen=True)
-class PerfMeasurement:
-    """One concurrency level as perf_analyzer reports it (latencies in milliseconds, as the client sees them)."""
+class LoadLevel:
+    """Throughput (images/s) and latency percentiles (ms, as the client sees them) at one concurrency."""
 
     concurrency: int
     throughput: float
@@ -76,6 +76,15 @@ class PerfMeasurement:
     p90_ms: float
     p95_ms: float
     p99_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PerfMeasurement(LoadLevel):
+    """One concurrency level as perf_analyzer reports it."""
+
     # The CSV's latency components (ms). For an ensemble perf_analyzer reports the top model's own queue (nothing)
     # and the composing models' summed compute, and the composing models' queueing lands in network_server_ms.
     client_send_ms: float
@@ -89,9 +98,6 @@ class PerfMeasurement:
     average_ms: float
     stable: bool
     command: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def find_perf_analyzer() -> Path:
