@@ -137,13 +137,14 @@ def train(args: argparse.Namespace) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
         state.iteration += 1
-        for key, value in {**parts, "loss": float(loss) / args.batch_size}.items():
+        step_loss = float(loss.detach())
+        for key, value in {**parts, "loss": step_loss / args.batch_size}.items():
             smoothed[key] = value if key not in smoothed else 0.95 * smoothed[key] + 0.05 * value
         progress.set_postfix(
             lr=f"{lr:.2e}", img_s=f"{speed.add(args.batch_size):.1f}", **{k: f"{v:.4f}" for k, v in smoothed.items()}
         )
         progress.update()
-        if not math.isfinite(float(loss)):
+        if not math.isfinite(step_loss):
             raise FloatingPointError(f"loss diverged at iteration {state.iteration}")
         if state.iteration % args.log_every == 0:
             state.history.append({"iteration": state.iteration, "lr": lr, **smoothed})

@@ -137,8 +137,9 @@ def train(args: argparse.Namespace) -> dict:
         loss.backward()
         optimizer.step()
         state.iteration += 1
-        smoothed_loss = float(loss) if smoothed_loss is None else 0.95 * smoothed_loss + 0.05 * float(loss)
-        if not math.isfinite(float(loss)):
+        step_loss = float(loss.detach())
+        smoothed_loss = step_loss if smoothed_loss is None else 0.95 * smoothed_loss + 0.05 * step_loss
+        if not math.isfinite(step_loss):
             raise FloatingPointError(f"loss diverged at iteration {state.iteration}")
         if state.iteration % args.eval_every == 0 or state.iteration == args.iterations:
             metrics = evaluate(model, validation, device)
