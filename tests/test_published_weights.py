@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
+from triton_requests import infer
 
 from alpr import spec
 from alpr.ctc import decode_with_confidence
@@ -51,21 +52,6 @@ class ServedRecogniser:
     stn: torch.nn.Module
     lprnet: torch.nn.Module
     detector: torch.nn.Module
-
-
-def infer(url: str, model: str, inputs: dict[str, tuple[np.ndarray, str]], outputs: tuple[str, ...]) -> list:
-    """One request to ``model``: ``inputs`` maps names to (array, Triton datatype); returns ``outputs`` in order."""
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        tensors = []
-        for name, (array, datatype) in inputs.items():
-            tensor = grpcclient.InferInput(name, list(array.shape), datatype)
-            tensor.set_data_from_numpy(np.ascontiguousarray(array))
-            tensors.append(tensor)
-        result = client.infer(model, tensors, outputs=[grpcclient.InferRequestedOutput(name) for name in outputs])
-        return [result.as_numpy(name) for name in outputs]
-    finally:
-        client.close()
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +136,9 @@ def served_reading(served_recogniser: ServedRecogniser, real_plate: RealPlate) -
             "det_scores": (det_scores, "FP32"),
         },
         ("crops", "plate_boxes", "plate_scores"),
-    )
-    (rectified,) = infer(url, "stn", {"crops": (crops, "FP32")}, ("rectified",))
-    (logits,) = infer(url, "lprnet", {"rectified": (rectified, "FP32")}, ("logits",))
+    ).values()
+    rectified = infer(url, "stn", {"crops": (crops, "FP32")}, ("rectified",))["rectified"]
+    logits = infer(url, "lprnet", {"rectified": (rectified, "FP32")}, ("logits",))["logits"]
     return ServedReading(plate_boxes, plate_scores, logits)
 
 
@@ -194,8 +180,7 @@ def test_ensemble_answers_the_real_photo_well_formed(
         served_recogniser.grpc_url,
         spec.ENSEMBLE_NAME,
         {"image": (real_plate.image, "UINT8")},
-        ("boxes", "det_scores", "texts", "text_scores"),
-    )
+    ).values()
     plates = len(texts)
     assert 0 <= plates <= served_recogniser.max_plates
     assert boxes.shape == (plates, 4) and boxes.dtype == np.float32

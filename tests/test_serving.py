@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from triton_requests import ENSEMBLE_OUTPUTS, infer
 from tritonclient.utils import InferenceServerException
 
 from alpr import spec
@@ -18,28 +19,13 @@ from alpr.vocab import CHARS, NUM_CLASSES, encode
 
 pytestmark = pytest.mark.server
 
-OUTPUTS = ("boxes", "det_scores", "texts", "text_scores")
+
 MODELS = ("preprocess", "detector", "crop", "stn", "lprnet", "ctc_decoder", spec.ENSEMBLE_NAME)
 
 
 # Concurrent test clients resend what the server refuses for overload: a loaded 2-core machine may drain its queues
 # slower than the queue timeout, and the tests check answers, not speed.
 OVERLOAD_RETRIES = 8
-
-
-def infer(url: str, model: str, inputs: dict[str, tuple[np.ndarray, str]], outputs=OUTPUTS) -> dict[str, np.ndarray]:
-    """One request through a fresh gRPC client: ``inputs`` maps names to (array, Triton datatype)."""
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        tensors = []
-        for name, (array, datatype) in inputs.items():
-            tensor = grpcclient.InferInput(name, list(array.shape), datatype)
-            tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
-        result = client.infer(model, tensors)
-        return {name: result.as_numpy(name) for name in outputs}
-    finally:
-        client.close()
 
 
 def recognise(url: str, image: np.ndarray) -> dict[str, np.ndarray]:
@@ -59,7 +45,7 @@ def test_server_and_every_model_are_ready(served_pipeline) -> None:
         assert client.is_model_ready(model), model
     with urllib.request.urlopen(f"http://{served_pipeline.http_url}/v2/models/{spec.ENSEMBLE_NAME}") as response:
         metadata = json.load(response)
-    assert [tensor["name"] for tensor in metadata["outputs"]] == list(OUTPUTS)
+    assert [tensor["name"] for tensor in metadata["outputs"]] == list(ENSEMBLE_OUTPUTS)
 
 
 def test_served_ensemble_reproduces_the_in_process_graphs(served_pipeline, test_images) -> None:
