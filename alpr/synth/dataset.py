@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -32,8 +33,9 @@ MIXED_SIZES: tuple[tuple[int, int], ...] = ((480, 640), (720, 1280), (1080, 1920
 DETECTOR_SIZES: tuple[tuple[int, int], ...] = ((640, 640),)
 MAX_PLATES_PER_SCENE = 4
 EMPTY_SCENE_SHARE = 0.1
-# Recogniser patches: frontal plate width in pixels.
-MIN_PATCH_PLATE_WIDTH = 40.0
+# Recogniser patches: frontal plate width in pixels, log-uniform like the scenes' plates. Below about 24 px the
+# characters are two or three pixels wide and no longer readable.
+MIN_PATCH_PLATE_WIDTH = 24.0
 MAX_PATCH_PLATE_WIDTH = 260.0
 
 # The held-out evaluation set: never train on this seed.
@@ -88,7 +90,8 @@ def iter_heldout() -> Iterator[Scene]:
 
 def random_plate_patch(rng: np.random.Generator) -> PlateSample:
     """One recogniser patch with a plate ``MIN_PATCH_PLATE_WIDTH``..``MAX_PATCH_PLATE_WIDTH`` pixels wide."""
-    return make_plate_patch(rng, float(rng.uniform(MIN_PATCH_PLATE_WIDTH, MAX_PATCH_PLATE_WIDTH)))
+    log_width = rng.uniform(math.log(MIN_PATCH_PLATE_WIDTH), math.log(MAX_PATCH_PLATE_WIDTH))
+    return make_plate_patch(rng, float(math.exp(log_width)))
 
 
 def plate_samples(rng: np.random.Generator, n: int) -> list[PlateSample]:
