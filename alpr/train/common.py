@@ -122,7 +122,7 @@ class Throughput:
 def training_parser(
     description: str, *, run_dir: str, iterations: int, batch_size: int, weight_decay: float
 ) -> argparse.ArgumentParser:
-    """The options both trainers share; the defaults are the settings the committed weights were trained with."""
+    """The options both trainers share; the defaults are the first stage of the committed weights (see the README)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=iterations, help="optimiser steps")
     parser.add_argument("--batch-size", type=int, default=batch_size)
