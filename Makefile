@@ -28,11 +28,15 @@ PYTEST_ARGS ?=
 USE_DOCKER ?= 1
 IMAGE ?= alpr-triton
 
+# make train-gpu: seconds of training for each model, and where its runs and logs go.
+GPU_BUDGET ?= 1800
+GPU_RUNS ?= runs/gpu
+
 STAMP := $(VENV)/.installed
 WEIGHT_FLAGS = $(if $(DETECTOR_WEIGHTS),--detector-weights $(DETECTOR_WEIGHTS)) \
 	$(if $(LPRNET_WEIGHTS),--lprnet-weights $(LPRNET_WEIGHTS)) $(if $(STN_WEIGHTS),--stn-weights $(STN_WEIGHTS))
 
-.PHONY: help install data train train-detector train-recogniser eval onnx engines serve serve-cpu serve-gpu demo test lint \
+.PHONY: help install data train train-detector train-recogniser train-gpu eval onnx engines serve serve-cpu serve-gpu demo test lint \
 	bench analyze clean
 
 help: ## list the targets and their settings
@@ -65,6 +69,18 @@ train-detector: $(STAMP) ## train the YOLOv5n plate detector (add ARGS="--resume
 
 train-recogniser: $(STAMP) ## train STN + LPRNet with CTC (add ARGS="--resume" to continue)
 	$(PY) -m alpr.train.recognizer $(ARGS)
+
+# No $(STAMP): a GPU machine brings its own CUDA PyTorch (make train-gpu PY=python3).
+train-gpu: ## continue the committed weights on one GPU, both models at once, GPU_BUDGET s each; logs in GPU_RUNS
+	mkdir -p $(GPU_RUNS)
+	$(PY) -m alpr.train.recognizer --device cuda --init-stn alpr/weights/stn.pt --init-lprnet alpr/weights/lprnet.pt \
+		--time-budget $(GPU_BUDGET) --iterations 100000000 --batch-size 64 --lr 1e-3 --replay 4 --workers 5 \
+		--eval-every 1000 --run-dir $(GPU_RUNS)/recogniser $(ARGS) >$(GPU_RUNS)/recogniser.log 2>&1 & recogniser=$$!; \
+	$(PY) -m alpr.train.detector --device cuda --init alpr/weights/detector.pt --tile-size 640 \
+		--time-budget $(GPU_BUDGET) --iterations 100000000 --batch-size 32 --lr 1e-3 --replay 3 --workers 9 \
+		--save-every 500 --run-dir $(GPU_RUNS)/detector $(ARGS) >$(GPU_RUNS)/detector.log 2>&1 & detector=$$!; \
+	echo "training for $(GPU_BUDGET) s; progress in $(GPU_RUNS)/{recogniser,detector}.log"; \
+	wait $$recogniser; failed=$$?; wait $$detector || failed=1; tail -n 25 $(GPU_RUNS)/*.log; exit $$failed
 
 eval: $(STAMP) ## accuracy of the weights on the held-out synthetic set and on ../shared/real
 	$(PY) -m alpr.evaluate $(WEIGHT_FLAGS)
@@ -106,8 +122,8 @@ lint: $(STAMP) ## ruff check and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-bench: $(STAMP) ## perf_analyzer: ensemble vs BLS baseline vs in-process floor; writes benchmarks/RESULTS.md
-	$(PY) -m benchmarks.run
+bench: $(STAMP) ## perf_analyzer: ensemble vs BLS baseline vs in-process floor; writes benchmarks/RESULTS.md (ARGS="--note ...")
+	$(PY) -m benchmarks.run $(ARGS)
 
 analyze: $(STAMP) ## Triton Model Analyzer quick search over the composing models; report in benchmarks/
 	$(PY) -m benchmarks.analyze

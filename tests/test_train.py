@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from alpr.metrics import DetectionTally, average_precision, box_iou, edit_distance, match_detections
 from alpr.models import YOLOv5, load_detector, load_lprnet, load_stn
+from alpr.train import common
 from alpr.train import detector as detector_trainer
 from alpr.train import recognizer as recogniser_trainer
 from alpr.train.yolo_loss import YOLOv5Loss, bbox_ciou
@@ -77,6 +83,98 @@ def test_recogniser_trainer_runs_and_writes_loadable_weights(tmp_path) -> None:
     assert 0.0 <= report["validation"]["exact_match"] <= 1.0 and report["validation"]["plates"] == 128
     crops = torch.zeros(2, 3, 24, 94)
     assert load_lprnet(tmp_path / "lprnet.pt")(load_stn(tmp_path / "stn.pt")(crops)).shape == (2, 23, 18)
+
+
+class FakeClock:
+    """A ``time.perf_counter`` that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_schedule_warms_up_then_decays_over_its_steps(monkeypatch) -> None:
+    monkeypatch.setattr(common.time, "perf_counter", FakeClock())
+    state = common.TrainState()
+    schedule = common.Schedule(state, iterations=100, base_lr=1e-3, warmup=10)
+    assert schedule.lr() == pytest.approx(1e-4)  # step 1 of 10 of warm-up
+    state.iteration = 10
+    assert schedule.lr() == pytest.approx(1e-3) and not schedule.finished()
+    state.iteration = 55  # half-way through the 90 steps of decay
+    assert schedule.lr() == pytest.approx(1e-3 * 0.525)
+    state.iteration = 100
+    assert schedule.finished() and schedule.lr() == pytest.approx(5e-5)
+
+
+def test_schedule_with_a_time_budget_decays_over_the_budget_and_counts_resumed_time(monkeypatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(common.time, "perf_counter", clock)
+    state = common.TrainState(iteration=50, seconds=20.0)  # resumed after 20 s of an 80 s budget
+    schedule = common.Schedule(state, iterations=10**9, base_lr=1e-3, warmup=10, budget_s=80.0)
+    clock.now += 20.0
+    assert schedule.lr() == pytest.approx(1e-3 * 0.525) and not schedule.finished()
+    clock.now += 40.0
+    assert schedule.finished() and state.seconds == pytest.approx(80.0)
+
+
+def slow_batches(count: int, delay_s: float):
+    for index in range(count):
+        time.sleep(delay_s)
+        yield (torch.full((2,), float(index)),)
+
+
+def test_replay_only_moves_batches_to_the_device_when_off() -> None:
+    out = list(common.replayed(slow_batches(3, 0.0), torch.device("cpu"), max_ratio=1, capacity=4, seed=0))
+    assert [(int(batch[0][0]), fresh) for batch, fresh in out] == [(0, True), (1, True), (2, True)]
+
+
+def test_replay_repeats_recent_batches_while_rendering_lags_and_every_rendered_batch_comes_once() -> None:
+    seen = list(common.replayed(slow_batches(4, 0.2), torch.device("cpu"), max_ratio=3, capacity=2, seed=0))
+    assert any(not is_fresh for _, is_fresh in seen)
+    fresh = [int(batch[0][0]) for batch, is_fresh in seen if is_fresh]
+    assert fresh == [0, 1, 2, 3]
+    repeats_in_a_row = 0
+    last_fresh = -1
+    for batch, is_fresh in seen:
+        value = int(batch[0][0])
+        if is_fresh:
+            repeats_in_a_row, last_fresh = 0, value
+        else:
+            repeats_in_a_row += 1
+            assert repeats_in_a_row <= 2 and last_fresh - 1 <= value <= last_fresh  # from the last `capacity`
+
+
+def test_replay_surfaces_a_rendering_error() -> None:
+    def broken():
+        yield (torch.zeros(1),)
+        raise ValueError("renderer broke")
+
+    stream = common.replayed(broken(), torch.device("cpu"), max_ratio=2, capacity=4, seed=0)
+    with pytest.raises(ValueError, match="renderer broke"):
+        for _ in range(10):
+            next(stream)
+
+
+def test_recogniser_trainer_stops_at_its_time_budget_with_replay(tmp_path) -> None:
+    args = recogniser_trainer.parse_args(
+        ["--iterations", "100000", "--time-budget", "3", "--replay", "2", "--batch-size", "4", "--workers", "0",
+         "--validation-batches", "1", "--warmup", "1", "--run-dir", str(tmp_path / "run"),
+         "--stn-output", str(tmp_path / "stn.pt"), "--lprnet-output", str(tmp_path / "lprnet.pt")]
+    )  # fmt: skip
+    report = recogniser_trainer.train(args)
+    assert 0 < report["iterations"] < 100000 and report["training_seconds"] >= 3.0
+    assert 0 < report["fresh_batches"] <= report["iterations"]
+
+
+def test_recogniser_trainer_with_worker_processes_does_not_deadlock(tmp_path) -> None:
+    # Validation batches run torch ops before the workers start; forked workers could then hang forever.
+    command = [sys.executable, "-m", "alpr.train.recognizer", "--iterations", "2", "--batch-size", "4",
+               "--workers", "1", "--validation-batches", "1", "--warmup", "1", "--run-dir", str(tmp_path / "run"),
+               "--stn-output", str(tmp_path / "stn.pt"), "--lprnet-output", str(tmp_path / "lprnet.pt")]  # fmt: skip
+    subprocess.run(command, check=True, timeout=300, capture_output=True, cwd=Path(__file__).parents[1])
+    assert (tmp_path / "lprnet.pt").exists()
 
 
 def test_plate_crops_are_normalised_with_targets_in_the_alphabet() -> None:

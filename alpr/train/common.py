@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import queue
+import random
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,9 +21,10 @@ import torch
 
 def pick_device(requested: str = "auto") -> torch.device:
     """The GPU when one is present (or asked for), else the CPU."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if requested == "auto" else requested)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # input sizes are fixed for a whole run
+    return device
 
 
 @dataclass
@@ -26,6 +32,8 @@ class TrainState:
     """Everything needed to resume a run exactly where it stopped."""
 
     iteration: int = 0
+    seconds: float = 0.0  # time spent training, summed over resumes
+    fresh_batches: int = 0  # of the iterations, those on newly rendered data rather than replayed
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -88,6 +96,8 @@ def batch_stream(make_batch: Callable[[Any], Any], seed: int, workers: int) -> I
         num_workers=workers,
         prefetch_factor=4 if workers else None,
         persistent_workers=bool(workers),
+        # Spawned, not forked: a fork after torch has run threaded ops in this process can deadlock the child.
+        multiprocessing_context="spawn" if workers else None,
     )
     return iter(loader)
 
@@ -99,12 +109,82 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
     print(json.dumps(report, indent=2))
 
 
-def cosine_lr(iteration: int, total: int, base_lr: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 5 % of the base rate."""
-    if iteration < warmup:
-        return base_lr * (iteration + 1) / warmup
-    progress = (iteration - warmup) / max(1, total - warmup)
-    return base_lr * (0.05 + 0.95 * 0.5 * (1 + torch.cos(torch.tensor(progress * 3.141592653589793)).item()))
+class Schedule:
+    """Linear warm-up, then cosine decay to 5 % of the base rate, over a step count or a wall-clock budget.
+
+    With a time budget the decay follows the larger of the step and time fractions, so the rate reaches its floor
+    when the budget is spent, however fast the machine turns out to be.
+    """
+
+    def __init__(self, state: TrainState, iterations: int, base_lr: float, warmup: int, budget_s: float = 0.0):
+        self.state = state
+        self.iterations = iterations
+        self.base_lr = base_lr
+        self.warmup = warmup
+        self.budget_s = budget_s
+        self._clock = time.perf_counter()
+
+    def _time_fraction(self) -> float:
+        now = time.perf_counter()
+        self.state.seconds += now - self._clock
+        self._clock = now
+        return self.state.seconds / self.budget_s if self.budget_s > 0 else 0.0
+
+    def finished(self) -> bool:
+        """Whether the run has taken all its steps or spent its time budget."""
+        return self.state.iteration >= self.iterations or self._time_fraction() >= 1.0
+
+    def lr(self) -> float:
+        """The learning rate for the next step."""
+        iteration = self.state.iteration
+        if iteration < self.warmup:
+            return self.base_lr * (iteration + 1) / self.warmup
+        progress = max((iteration - self.warmup) / max(1, self.iterations - self.warmup), self._time_fraction())
+        return self.base_lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def replayed(
+    batches: Iterator[tuple[torch.Tensor, ...]], device: torch.device, max_ratio: int, capacity: int, seed: int
+) -> Iterator[tuple[tuple[torch.Tensor, ...], bool]]:
+    """``(batch, fresh)`` pairs: every rendered batch once, on ``device``, and recent ones again while rendering lags.
+
+    On a GPU rendering scenes, not the network, limits the step rate. Rather than wait, the trainer repeats a batch
+    drawn from the last ``capacity`` rendered ones, at most ``max_ratio - 1`` times per rendered batch. With
+    ``max_ratio`` 1 it only moves batches to the device. It ends when ``batches`` ends and raises what rendering raised.
+    """
+    if max_ratio <= 1:
+        for batch in batches:
+            yield tuple(t.to(device, non_blocking=True) for t in batch), True
+        return
+
+    ready: queue.Queue = queue.Queue(maxsize=2)
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                ready.put(batch)
+            ready.put(StopIteration())
+        except Exception as error:  # surfaced in the training loop, which would otherwise wait forever
+            ready.put(error)
+
+    threading.Thread(target=produce, daemon=True, name="batches").start()
+    recent: deque[tuple[torch.Tensor, ...]] = deque(maxlen=capacity)
+    rng = random.Random(seed)
+    repeats = 0
+    while True:
+        try:
+            item = ready.get(block=not recent or repeats >= max_ratio - 1)
+        except queue.Empty:
+            repeats += 1
+            yield recent[rng.randrange(len(recent))], False
+            continue
+        if isinstance(item, StopIteration):
+            return
+        if isinstance(item, Exception):
+            raise item
+        recent.append(tuple(t.to(device, non_blocking=True) for t in item))
+        repeats = 0
+        yield recent[-1], True
 
 
 class Throughput:
@@ -129,6 +209,17 @@ def training_parser(
     parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (cosine decay)")
     parser.add_argument("--weight-decay", type=float, default=weight_decay)
     parser.add_argument("--warmup", type=int, default=100, help="steps of linear warm-up")
+    parser.add_argument(
+        "--time-budget", type=float, default=0.0, metavar="SECONDS",
+        help="stop after this much training time, the learning rate decaying over it (0: run all iterations)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--replay", type=int, default=1, metavar="N",
+        help="while rendering lags the device, repeat recent batches, up to N steps per rendered batch (GPU runs)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--replay-capacity", type=int, default=512, help="rendered batches kept on the device for --replay"
+    )
     parser.add_argument("--workers", type=int, default=1, help="data-generating processes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default)")
     parser.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu or cuda")

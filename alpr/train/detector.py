@@ -21,12 +21,13 @@ from alpr.geometry import Letterbox, letterbox_transform
 from alpr.models import YOLOv5, load_detector, save_checkpoint
 from alpr.synth.scenes import make_scene
 from alpr.train.common import (
+    Schedule,
     Throughput,
     TrainState,
     batch_stream,
-    cosine_lr,
     load_training_checkpoint,
     pick_device,
+    replayed,
     save_training_checkpoint,
     training_parser,
     write_report,
@@ -119,19 +120,27 @@ def train(args: argparse.Namespace) -> dict:
         state = load_training_checkpoint(checkpoint, {"detector": model}, optimizer)
         print(f"resumed from {checkpoint} at iteration {state.iteration}")
 
-    stream = batch_stream(
-        SceneTiles(args.batch_size, args.tile_size), seed=args.seed + state.iteration, workers=args.workers
+    stream = replayed(
+        batch_stream(
+            SceneTiles(args.batch_size, args.tile_size), seed=args.seed + state.iteration, workers=args.workers
+        ),
+        device,
+        max_ratio=args.replay,
+        capacity=args.replay_capacity,
+        seed=args.seed + state.iteration,
     )
+    schedule = Schedule(state, args.iterations, args.lr, args.warmup, args.time_budget)
     speed = Throughput()
     progress = tqdm(total=args.iterations, initial=state.iteration, desc="detector", dynamic_ncols=True)
     smoothed: dict[str, float] = {}
-    while state.iteration < args.iterations:
-        lr = cosine_lr(state.iteration, args.iterations, args.lr, args.warmup)
+    while not schedule.finished():
+        lr = schedule.lr()
         for group in optimizer.param_groups:
             group["lr"] = lr
-        tiles, targets = next(stream)
-        images = tiles.to(device, non_blocking=True).float() / 255.0
-        loss, parts = criterion(model(images), targets.to(device))
+        (tiles, targets), fresh = next(stream)
+        state.fresh_batches += fresh
+        images = tiles.float() / 255.0
+        loss, parts = criterion(model(images), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -148,8 +157,9 @@ def train(args: argparse.Namespace) -> dict:
             raise FloatingPointError(f"loss diverged at iteration {state.iteration}")
         if state.iteration % args.log_every == 0:
             state.history.append({"iteration": state.iteration, "lr": lr, **smoothed})
-        if state.iteration % args.save_every == 0 or state.iteration == args.iterations:
+        if state.iteration % args.save_every == 0:
             save_training_checkpoint(checkpoint, {"detector": model}, optimizer, state)
+    save_training_checkpoint(checkpoint, {"detector": model}, optimizer, state)
     progress.close()
 
     model.eval()
@@ -166,6 +176,8 @@ def train(args: argparse.Namespace) -> dict:
     report = {
         "model": f"yolov5{args.scale}",
         "iterations": state.iteration,
+        "fresh_batches": state.fresh_batches,
+        "training_seconds": round(state.seconds, 1),
         "batch_size": args.batch_size,
         "tile_size": args.tile_size,
         "final_losses": smoothed,

@@ -22,12 +22,13 @@ from alpr.metrics import edit_distance
 from alpr.models import STN, LPRNet, load_lprnet, load_stn, save_checkpoint
 from alpr.synth.dataset import plate_samples
 from alpr.train.common import (
+    Schedule,
     Throughput,
     TrainState,
     batch_stream,
-    cosine_lr,
     load_training_checkpoint,
     pick_device,
+    replayed,
     save_training_checkpoint,
     training_parser,
     write_report,
@@ -116,23 +117,38 @@ def train(args: argparse.Namespace) -> dict:
 
     validation_rng = np.random.default_rng(args.seed + 10_000_000)
     validation = [PlateCrops(128, jitter=BOX_JITTER / 2)(validation_rng) for _ in range(args.validation_batches)]
-    stream = batch_stream(
-        PlateCrops(args.batch_size, crops_per_plate=args.crops_per_plate),
+    stream = replayed(
+        batch_stream(
+            PlateCrops(args.batch_size, crops_per_plate=args.crops_per_plate),
+            seed=args.seed + state.iteration,
+            workers=args.workers,
+        ),
+        device,
+        max_ratio=args.replay,
+        capacity=args.replay_capacity,
         seed=args.seed + state.iteration,
-        workers=args.workers,
     )
+
+    def validate() -> dict:
+        metrics = evaluate(model, validation, device)
+        state.history.append({"iteration": state.iteration, "loss": smoothed_loss, **metrics})
+        save_training_checkpoint(checkpoint, {"recogniser": model}, optimizer, state)
+        return metrics
+
+    schedule = Schedule(state, args.iterations, args.lr, args.warmup, args.time_budget)
     speed = Throughput()
     progress = tqdm(total=args.iterations, initial=state.iteration, desc="recogniser", dynamic_ncols=True)
     smoothed_loss = None
     metrics: dict = {}
-    while state.iteration < args.iterations:
-        lr = cosine_lr(state.iteration, args.iterations, args.lr, args.warmup)
+    while not schedule.finished():
+        lr = schedule.lr()
         for group in optimizer.param_groups:
             group["lr"] = lr
-        crops, labels, lengths = next(stream)
-        log_probs = model(crops.to(device)).permute(2, 0, 1).log_softmax(2)  # [T, B, C] as CTCLoss wants
+        (crops, labels, lengths), fresh = next(stream)
+        state.fresh_batches += fresh
+        log_probs = model(crops).permute(2, 0, 1).log_softmax(2)  # [T, B, C] as CTCLoss wants
         input_lengths = torch.full((crops.shape[0],), log_probs.shape[0], dtype=torch.long)
-        loss = ctc_loss(log_probs, labels.to(device), input_lengths, lengths)
+        loss = ctc_loss(log_probs, labels, input_lengths, lengths.cpu())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -141,10 +157,8 @@ def train(args: argparse.Namespace) -> dict:
         smoothed_loss = step_loss if smoothed_loss is None else 0.95 * smoothed_loss + 0.05 * step_loss
         if not math.isfinite(step_loss):
             raise FloatingPointError(f"loss diverged at iteration {state.iteration}")
-        if state.iteration % args.eval_every == 0 or state.iteration == args.iterations:
-            metrics = evaluate(model, validation, device)
-            state.history.append({"iteration": state.iteration, "loss": smoothed_loss, **metrics})
-            save_training_checkpoint(checkpoint, {"recogniser": model}, optimizer, state)
+        if state.iteration % args.eval_every == 0:
+            metrics = validate()
         progress.set_postfix(
             lr=f"{lr:.2e}",
             loss=f"{smoothed_loss:.3f}",
@@ -152,6 +166,7 @@ def train(args: argparse.Namespace) -> dict:
             exact=f"{metrics.get('exact_match', float('nan')):.3f}",
         )
         progress.update()
+    metrics = validate()
     progress.close()
 
     model.eval().cpu()
@@ -160,6 +175,8 @@ def train(args: argparse.Namespace) -> dict:
     save_checkpoint(model.lprnet, Path(args.lprnet_output), arch="lprnet", half=True, **meta)
     report = {
         "iterations": state.iteration,
+        "fresh_batches": state.fresh_batches,
+        "training_seconds": round(state.seconds, 1),
         "batch_size": args.batch_size,
         "final_loss": smoothed_loss,
         "validation": metrics,
