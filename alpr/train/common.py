@@ -187,6 +187,14 @@ def replayed(
         yield recent[-1], True
 
 
+def training_batches(
+    make_batch: Callable[[Any], Any], args: argparse.Namespace, device: torch.device, iteration: int
+) -> Iterator[tuple[tuple[torch.Tensor, ...], bool]]:
+    """A trainer's ``(batch, fresh)`` stream: rendered in ``--workers`` processes, replayed as ``--replay`` allows."""
+    seed = args.seed + iteration
+    return replayed(batch_stream(make_batch, seed, args.workers), device, args.replay, args.replay_capacity, seed)
+
+
 class Throughput:
     """Samples per second over the run, for the progress bar."""
 

@@ -24,11 +24,10 @@ from alpr.train.common import (
     Schedule,
     Throughput,
     TrainState,
-    batch_stream,
     load_training_checkpoint,
     pick_device,
-    replayed,
     save_training_checkpoint,
+    training_batches,
     training_parser,
     write_report,
 )
@@ -120,15 +119,7 @@ def train(args: argparse.Namespace) -> dict:
         state = load_training_checkpoint(checkpoint, {"detector": model}, optimizer)
         print(f"resumed from {checkpoint} at iteration {state.iteration}")
 
-    stream = replayed(
-        batch_stream(
-            SceneTiles(args.batch_size, args.tile_size), seed=args.seed + state.iteration, workers=args.workers
-        ),
-        device,
-        max_ratio=args.replay,
-        capacity=args.replay_capacity,
-        seed=args.seed + state.iteration,
-    )
+    stream = training_batches(SceneTiles(args.batch_size, args.tile_size), args, device, state.iteration)
     schedule = Schedule(state, args.iterations, args.lr, args.warmup, args.time_budget)
     speed = Throughput()
     progress = tqdm(total=args.iterations, initial=state.iteration, desc="detector", dynamic_ncols=True)

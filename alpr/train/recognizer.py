@@ -25,11 +25,10 @@ from alpr.train.common import (
     Schedule,
     Throughput,
     TrainState,
-    batch_stream,
     load_training_checkpoint,
     pick_device,
-    replayed,
     save_training_checkpoint,
+    training_batches,
     training_parser,
     write_report,
 )
@@ -117,16 +116,8 @@ def train(args: argparse.Namespace) -> dict:
 
     validation_rng = np.random.default_rng(args.seed + 10_000_000)
     validation = [PlateCrops(128, jitter=BOX_JITTER / 2)(validation_rng) for _ in range(args.validation_batches)]
-    stream = replayed(
-        batch_stream(
-            PlateCrops(args.batch_size, crops_per_plate=args.crops_per_plate),
-            seed=args.seed + state.iteration,
-            workers=args.workers,
-        ),
-        device,
-        max_ratio=args.replay,
-        capacity=args.replay_capacity,
-        seed=args.seed + state.iteration,
+    stream = training_batches(
+        PlateCrops(args.batch_size, crops_per_plate=args.crops_per_plate), args, device, state.iteration
     )
 
     def validate() -> dict:
