@@ -150,7 +150,8 @@ def train(args: argparse.Namespace) -> dict:
             state.history.append({"iteration": state.iteration, "lr": lr, **smoothed})
         if state.iteration % args.save_every == 0:
             save_training_checkpoint(checkpoint, {"detector": model}, optimizer, state)
-    save_training_checkpoint(checkpoint, {"detector": model}, optimizer, state)
+    if state.iteration % args.save_every:  # the last step's checkpoint, unless just written
+        save_training_checkpoint(checkpoint, {"detector": model}, optimizer, state)
     progress.close()
 
     model.eval()

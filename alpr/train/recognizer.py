@@ -157,7 +157,8 @@ def train(args: argparse.Namespace) -> dict:
             exact=f"{metrics.get('exact_match', float('nan')):.3f}",
         )
         progress.update()
-    metrics = validate()
+    if state.iteration % args.eval_every or not metrics:  # the last step's validation, unless just done
+        metrics = validate()
     progress.close()
 
     model.eval().cpu()
