@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from alpr import paths
+from alpr import paths, spec
 from alpr.metrics import DetectionTally, box_iou, edit_distance
 from alpr.pipeline import TorchPipeline
 from alpr.synth.dataset import HELDOUT_COUNT, HELDOUT_SEED, HELDOUT_SIZES, iter_scenes
@@ -179,18 +179,30 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--scenes", type=int, default=HELDOUT_COUNT, help="held-out scenes to use (all by default)")
     parser.add_argument("--out", default="build/eval", help="folder for report.json and report.md")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    parser.add_argument(
+        "--tile-grid",
+        type=int,
+        default=spec.TILE_GRID,
+        help="detector tiles per side besides the whole image (1: none)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    pipeline = TorchPipeline.from_weights(args.detector_weights, args.stn_weights, args.lprnet_weights)
+    pipeline = TorchPipeline.from_weights(
+        args.detector_weights, args.stn_weights, args.lprnet_weights, tile_grid=args.tile_grid
+    )
     published = None
     if paths.published_weights("lprnet").exists() and paths.published_weights("stn").exists():
         published = TorchPipeline.from_weights(
-            args.detector_weights, paths.published_weights("stn"), paths.published_weights("lprnet")
+            args.detector_weights,
+            paths.published_weights("stn"),
+            paths.published_weights("lprnet"),
+            tile_grid=args.tile_grid,
         )
     report = {
         "weights": {"detector": args.detector_weights, "stn": args.stn_weights, "lprnet": args.lprnet_weights},
+        "tile_grid": args.tile_grid,
         "heldout": evaluate_heldout(pipeline, args.scenes),
         "real": evaluate_real(pipeline, published, paths.shared_dir() / "real"),
     }

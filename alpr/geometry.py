@@ -2,10 +2,13 @@
 
 Two steps of the served ensemble live here:
 
-* ``Letterbox`` (the ``preprocess`` step): the original BGR image is scaled by r = min(640 / H, 640 / W), keeping
-  its aspect, centred on a 640x640 canvas filled with grey 114 and flipped to RGB planes.
-* ``PlateCropper`` (the ``crop`` step): each detected box is mapped back from letterbox to original pixels, grown by
-  20 % of its height above and below, and resampled to 24x94 from the original-resolution image.
+* ``DetectorViews`` (the ``preprocess`` step): the detector looks at V = 1 + G x G views of the original BGR image:
+  the whole frame, then a G x G grid of overlapping tiles (``spec.TILE_GRID``), which bring small plates to the
+  detector at about G times the size. Each view's window is scaled by r = min(640 / h, 640 / w), keeping its
+  aspect, centred on a 640x640 canvas filled with grey 114 and flipped to RGB planes: the YOLOv5 letterbox.
+* ``PlateCropper`` (the ``crop`` step): each view's detections are mapped back from its canvas to original pixels,
+  tiles keep only the small plates they are there for, the views' detections are merged by suppression, and each
+  kept box, grown by 20 % of its height above and below, is resampled to 24x94 from the original-resolution image.
 
 Both resample bilinearly with the pixel-centre convention of ``cv2.resize``: output pixel u covers the continuous
 interval [u, u + 1), its centre u + 0.5 maps through the affine transform to a continuous source position X, and the
@@ -13,9 +16,10 @@ source is sampled at pixel index X - 0.5 with replicated borders. Sampling gathe
 output pixel (one element-wise gather each), so its cost follows the output size; the only whole-image operation is
 the cast of the uint8 input to float32, which comes first because TensorRT admits uint8 only at graph boundaries.
 
-The letterbox transform is exact: the same r on both axes and fractional padding (pad = (640 - W r) / 2), so a box
-maps back to the original image without rounding. When W r, H r and the paddings are whole numbers (1920x1080,
-1280x720, 640x480, any square image...) the result is ``cv2.resize`` plus ``cv2.copyMakeBorder``.
+The letterbox transform is exact: the same r on both axes and fractional padding (pad = (640 - w r) / 2), and the
+tile windows have fractional corners, so a box maps back to the original image without rounding. When the whole
+view's W r, H r and paddings are whole numbers (1920x1080, 1280x720, 640x480, any square image...) its canvas is
+``cv2.resize`` plus ``cv2.copyMakeBorder``.
 
 NumPy/OpenCV references of both steps, for tests and export verification, close the module.
 """
@@ -29,6 +33,7 @@ from torch import Tensor, nn
 from torch.onnx import operators
 
 from alpr import spec
+from alpr.detector_graph import suppression_matrix
 
 
 def letterbox_transform(height: int | Tensor, width: int | Tensor) -> tuple[Tensor, Tensor, Tensor] | tuple[float, ...]:
@@ -50,6 +55,27 @@ def letterbox_transform(height: int | Tensor, width: int | Tensor) -> tuple[Tens
 
 def _float32_tensor(value: int | Tensor) -> Tensor:
     return value.to(torch.float32) if isinstance(value, Tensor) else torch.tensor(float(value))
+
+
+def view_windows(height: int | Tensor, width: int | Tensor, grid: int = spec.TILE_GRID) -> Tensor:
+    """Windows x0, y0, x1, y1 ``[spec.detector_views(grid), 4]`` (float32, original pixels) of the detector views.
+
+    The first is the whole image; then, for ``grid`` > 1, the tiles row by row, each
+    ``1 / (grid - (grid - 1) * overlap)`` of the image on either axis, neighbours overlapping by ``spec.TILE_OVERLAP``
+    of a tile, the last one ending on the border.
+    """
+    h, w = _float32_tensor(height), _float32_tensor(width)
+    zero = torch.zeros_like(w)
+    windows = [torch.stack([zero, zero, w, h])]
+    span = grid - (grid - 1) * spec.TILE_OVERLAP
+    tiles = range(grid) if grid > 1 else range(0)
+    for row in tiles:
+        for col in tiles:
+            x0, y0 = w * (col * (1 - spec.TILE_OVERLAP) / span), h * (row * (1 - spec.TILE_OVERLAP) / span)
+            x1 = w if col == grid - 1 else x0 + w / span
+            y1 = h if row == grid - 1 else y0 + h / span
+            windows.append(torch.stack([x0, y0, x1, y1]))
+    return torch.stack(windows)
 
 
 def image_size(image: Tensor) -> tuple[Tensor, Tensor]:
@@ -117,27 +143,39 @@ def _pixel_centres(count: int, device: torch.device) -> Tensor:
     return torch.arange(count, dtype=torch.float32, device=device) + 0.5
 
 
-class Letterbox(nn.Module):
-    """The ``preprocess`` step: BGR uint8 ``[H, W, 3]`` -> letterboxed RGB uint8 ``[1, 3, 640, 640]``.
+class DetectorViews(nn.Module):
+    """The ``preprocess`` step: BGR uint8 ``[H, W, 3]`` -> letterboxed RGB uint8 views ``[V, 3, 640, 640]``.
 
-    The same module prepares detector training images, so training and serving see identical pixels.
+    ``grid`` 1 gives the whole image alone, which is what the detector is trained on: training and serving see
+    identical pixels.
     """
+
+    def __init__(self, grid: int = spec.TILE_GRID) -> None:
+        super().__init__()
+        self.grid = grid  # V = spec.detector_views(grid)
 
     def forward(self, image: Tensor) -> Tensor:
         pixels = _as_float(image)
         height, width = image_size(pixels)
-        r, pad_x, pad_y = letterbox_transform(height, width)
+        x0, y0, x1, y1 = view_windows(height, width, self.grid).unsqueeze(-1).unbind(1)  # each [V, 1]
+        r, pad_x, pad_y = letterbox_transform(y1 - y0, x1 - x0)
         centres = _pixel_centres(spec.DETECTOR_SIZE, image.device)
-        # Canvas pixels whose centre falls on the scaled image take its samples; the rest are the fill.
-        inside_x = (centres >= pad_x) & (centres < pad_x + width.to(torch.float32) * r)
-        inside_y = (centres >= pad_y) & (centres < pad_y + height.to(torch.float32) * r)
-        source_x = (centres - pad_x) / r - 0.5
-        source_y = (centres - pad_y) / r - 0.5
+        # Canvas pixels whose centre falls on the scaled window take its samples; the rest are the fill.
+        inside_x = (centres >= pad_x) & (centres < pad_x + (x1 - x0) * r)  # [V, 640]
+        inside_y = (centres >= pad_y) & (centres < pad_y + (y1 - y0) * r)
+        source_x = x0 + (centres - pad_x) / r - 0.5
+        source_y = y0 + (centres - pad_y) / r - 0.5
+        views = source_x.shape[0]
         rgb = torch.arange(2, -1, -1, device=image.device)  # the BGR planes 2, 1, 0 in RGB order
-        samples = sample_bilinear(pixels, source_y.reshape(1, -1, 1), source_x.reshape(1, 1, -1), rgb.reshape(3, 1, 1))
-        inside = inside_y.unsqueeze(1) & inside_x.unsqueeze(0)
+        samples = sample_bilinear(
+            pixels,
+            source_y.reshape(views, 1, -1, 1),
+            source_x.reshape(views, 1, 1, -1),
+            rgb.reshape(1, 3, 1, 1),
+        )
+        inside = inside_y.reshape(views, 1, -1, 1) & inside_x.reshape(views, 1, 1, -1)
         canvas = torch.where(inside, torch.round(samples), float(spec.LETTERBOX_FILL))
-        return canvas.unsqueeze(0).to(torch.uint8)
+        return canvas.to(torch.uint8)
 
 
 def crop_plates(image: Tensor | np.ndarray, boxes: Tensor | np.ndarray) -> Tensor:
@@ -165,27 +203,97 @@ def crop_plates(image: Tensor | np.ndarray, boxes: Tensor | np.ndarray) -> Tenso
     return (samples - spec.PLATE_MEAN) * spec.PLATE_SCALE
 
 
-class PlateCropper(nn.Module):
-    """The ``crop`` step: detections on the letterbox canvas -> recogniser crops, boxes and scores of the image.
+def merge_views(
+    num_dets: Tensor, det_boxes: Tensor, det_scores: Tensor, height: Tensor, width: Tensor, grid: int = spec.TILE_GRID
+) -> tuple[Tensor, Tensor]:
+    """The views' detections in original pixels, ``[V * K, 4]``, with scores ``[V * K]``, 0 where not kept.
 
-    Inputs: image uint8 ``[H, W, 3]``, num_dets int32 ``[1, 1]``, det_boxes float32 ``[1, K, 4]`` (canvas pixels),
-    det_scores float32 ``[1, K]``. Outputs: crops ``[M, 3, 24, 94]``, plate_boxes ``[M, 4]`` (original pixels, clipped
-    to the image), plate_scores ``[M]`` with M = max(num_dets, 1): an image without detections yields one padding
-    row of zeros, so that every later step receives a batch of at least one.
+    A view's padding rows score 0, and so do a tile's boxes that it is not there for: those wider than
+    ``spec.TILE_MAX_PLATE`` on the whole view's canvas, and those touching an inner edge of the tile.
     """
+    views, k = det_scores.shape
+    x0, y0, x1, y1 = view_windows(height, width, grid).unsqueeze(-1).unbind(1)  # each [V, 1]
+    boxes = boxes_from_letterbox(det_boxes, y1 - y0, x1 - x0) + torch.stack([x0, y0, x0, y0], -1)
+    bx1, by1, bx2, by2 = boxes.unbind(-1)  # each [V, K], original pixels
+    r = letterbox_transform(y1 - y0, x1 - x0)[0]
+    kept = torch.arange(k, device=det_scores.device) < num_dets.reshape(views, 1)
+    tile = torch.arange(views, device=det_scores.device).reshape(views, 1) > 0
+    whole_view_scale = r[0]
+    small = (bx2 - bx1) * whole_view_scale < spec.TILE_MAX_PLATE
+    edge = spec.TILE_EDGE / r
+    image_width, image_height = x1[0], y1[0]
+    clear_of_inner_edges = (
+        ((x0 <= 0) | (bx1 > x0 + edge))
+        & ((y0 <= 0) | (by1 > y0 + edge))
+        & ((x1 >= image_width) | (bx2 < x1 - edge))
+        & ((y1 >= image_height) | (by2 < y1 - edge))
+    )
+    kept = kept & (~tile | (small & clear_of_inner_edges))
+    return boxes.reshape(views * k, 4), torch.where(kept, det_scores, 0.0).reshape(views * k)
+
+
+def suppress_across_views(boxes: Tensor, scores: Tensor, max_plates: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The best ``max_plates`` boxes after suppression: the number kept, boxes ``[max_plates, 4]`` and scores.
+
+    A box is dropped when a better-scoring kept candidate overlaps it by more than ``spec.DETECTOR_IOU`` (the
+    one-pass "fast NMS": plain tensor operations, since each view is already suppressed and few boxes remain).
+    """
+    scores, order = scores.topk(scores.shape[0])  # sorted descending (ONNX TopK)
+    boxes = boxes.index_select(0, order)
+    candidate = scores > 0
+    earlier = torch.triu(torch.ones(len(scores), len(scores), dtype=torch.bool, device=scores.device), diagonal=1)
+    suppressed = (suppression_matrix(boxes, spec.DETECTOR_IOU) & earlier & candidate.unsqueeze(1)).any(0)
+    scores = torch.where(candidate & ~suppressed, scores, 0.0)
+    top_scores, top = scores.topk(max_plates)
+    count = (top_scores > 0).sum()
+    return count, boxes.index_select(0, top), top_scores
+
+
+class PlateCropper(nn.Module):
+    """The ``crop`` step: the views' detections -> recogniser crops, boxes and scores of the image.
+
+    Inputs: image uint8 ``[H, W, 3]``, for each of the V views num_dets int32 ``[V, 1]``, det_boxes float32
+    ``[V, K, 4]`` (its canvas pixels), det_scores float32 ``[V, K]``. The views are merged into at most K plates.
+    Outputs: crops ``[M, 3, 24, 94]``, plate_boxes ``[M, 4]`` (original pixels, clipped to the image), plate_scores
+    ``[M]``, sorted by score, with M = max(plates, 1): an image without plates yields one padding row of zeros, so
+    that every later step receives a batch of at least one.
+    """
+
+    def __init__(self, grid: int = spec.TILE_GRID) -> None:
+        super().__init__()
+        self.grid = grid
 
     def forward(self, image: Tensor, num_dets: Tensor, det_boxes: Tensor, det_scores: Tensor) -> tuple[Tensor, ...]:
         pixels = _as_float(image)
         height, width = image_size(pixels)
-        count = num_dets.reshape(()).to(torch.int64)
+        boxes, scores = merge_views(num_dets, det_boxes, det_scores, height, width, self.grid)
+        count, boxes, scores = suppress_across_views(boxes, scores, det_scores.shape[1])
         rows = torch.arange(torch.clamp(count, min=1), dtype=torch.int64, device=image.device)
         valid = rows < count
-        boxes = boxes_from_letterbox(det_boxes[0].index_select(0, rows), height, width)
         limits = torch.stack([width, height, width, height]).to(torch.float32)
-        boxes = torch.where(valid.unsqueeze(1), torch.minimum(torch.clamp(boxes, min=0.0), limits), 0.0)
+        boxes = torch.where(
+            valid.unsqueeze(1), torch.minimum(torch.clamp(boxes.index_select(0, rows), min=0.0), limits), 0.0
+        )
         crops = torch.where(valid.reshape(-1, 1, 1, 1), crop_plates(pixels, boxes), 0.0)
-        scores = torch.where(valid, det_scores[0].index_select(0, rows), 0.0)
-        return crops, boxes, scores
+        return crops, boxes, torch.where(valid, scores.index_select(0, rows), 0.0)
+
+
+def detections_for_boxes(
+    boxes: np.ndarray, height: int, width: int, max_plates: int, score: float, tile_grid: int = spec.TILE_GRID
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Crop-step inputs that detect ``boxes`` (original pixels) in the whole view with ``score``; tiles detect none.
+
+    For feeding known boxes (reference labels, calibration) to the served crop step: num_dets ``[V, 1]``,
+    det_boxes ``[V, K, 4]`` and det_scores ``[V, K]``.
+    """
+    count, views = min(len(boxes), max_plates), spec.detector_views(tile_grid)
+    num_dets = np.zeros((views, 1), np.int32)
+    det_boxes = np.zeros((views, max_plates, 4), np.float32)
+    det_scores = np.zeros((views, max_plates), np.float32)
+    num_dets[0, 0] = count
+    det_boxes[0, :count] = boxes_to_letterbox(torch.from_numpy(np.asarray(boxes[:count], np.float32)), height, width)
+    det_scores[0, :count] = score
+    return num_dets, det_boxes, det_scores
 
 
 # NumPy/OpenCV references: independent implementations in float64 for tests and export verification.
@@ -208,20 +316,31 @@ def _bilinear_numpy(image: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarr
     return top * (1 - wy) + bottom * wy
 
 
-def letterbox_reference(image: np.ndarray) -> np.ndarray:
-    """NumPy reference of ``Letterbox``: explicit float64 bilinear sampling; uint8 ``[1, 3, 640, 640]`` RGB."""
+def _windows_numpy(height: int, width: int, grid: int) -> list[tuple[np.float32, ...]]:
+    return [tuple(np.float32(v) for v in window) for window in view_windows(height, width, grid).tolist()]
+
+
+def letterbox_reference(image: np.ndarray, grid: int = spec.TILE_GRID) -> np.ndarray:
+    """NumPy reference of ``DetectorViews``: explicit float64 bilinear sampling; uint8 ``[V, 3, 640, 640]`` RGB."""
     height, width = image.shape[:2]
-    r, pad_x, pad_y = letterbox_transform(height, width)
-    centres = np.arange(spec.DETECTOR_SIZE, dtype=np.float64) + 0.5
-    # The same float32 comparisons as the graph decide which canvas pixels belong to the image.
-    centres32 = centres.astype(np.float32)
-    inside_x = (centres32 >= np.float32(pad_x)) & (centres32 < np.float32(pad_x) + np.float32(width) * np.float32(r))
-    inside_y = (centres32 >= np.float32(pad_y)) & (centres32 < np.float32(pad_y) + np.float32(height) * np.float32(r))
-    samples = _bilinear_numpy(image, ((centres - pad_y) / r - 0.5)[:, None], ((centres - pad_x) / r - 0.5)[None, :])
-    canvas = np.full_like(samples, spec.LETTERBOX_FILL)
-    inside = inside_y[:, None] & inside_x[None, :]
-    canvas[inside] = np.round(samples[inside])
-    return canvas[..., ::-1].astype(np.uint8).transpose(2, 0, 1)[None].copy()
+    views = []
+    for x0, y0, x1, y1 in _windows_numpy(height, width, grid):
+        view_height, view_width = y1 - y0, x1 - x0  # float32, as the graph computes them
+        r, pad_x, pad_y = letterbox_transform(view_height, view_width)
+        centres = np.arange(spec.DETECTOR_SIZE, dtype=np.float64) + 0.5
+        # The same float32 comparisons as the graph decide which canvas pixels belong to the window.
+        centres32 = centres.astype(np.float32)
+        r32, pad_x32, pad_y32 = np.float32(r), np.float32(pad_x), np.float32(pad_y)
+        inside_x = (centres32 >= pad_x32) & (centres32 < pad_x32 + view_width * r32)
+        inside_y = (centres32 >= pad_y32) & (centres32 < pad_y32 + view_height * r32)
+        source_y = float(y0) + (centres - pad_y) / r - 0.5
+        source_x = float(x0) + (centres - pad_x) / r - 0.5
+        samples = _bilinear_numpy(image, source_y[:, None], source_x[None, :])
+        canvas = np.full_like(samples, spec.LETTERBOX_FILL)
+        inside = inside_y[:, None] & inside_x[None, :]
+        canvas[inside] = np.round(samples[inside])
+        views.append(canvas[..., ::-1].astype(np.uint8).transpose(2, 0, 1))
+    return np.stack(views)
 
 
 def letterbox_opencv(image: np.ndarray) -> np.ndarray:
@@ -258,18 +377,42 @@ def crop_reference(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 
 def plate_cropper_reference(
-    image: np.ndarray, num_dets: np.ndarray, det_boxes: np.ndarray, det_scores: np.ndarray
+    image: np.ndarray, num_dets: np.ndarray, det_boxes: np.ndarray, det_scores: np.ndarray, grid: int = spec.TILE_GRID
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """NumPy reference of ``PlateCropper`` on the same inputs: crops, plate_boxes, plate_scores."""
+    from alpr.metrics import box_iou
+
     height, width = image.shape[:2]
-    count = int(np.asarray(num_dets).reshape(()))
-    r, pad_x, pad_y = letterbox_transform(height, width)
-    rows = max(count, 1)
-    boxes = (np.asarray(det_boxes, np.float64)[0, :rows] - [pad_x, pad_y, pad_x, pad_y]) / r
-    boxes = np.clip(boxes, 0, [width, height, width, height])
-    scores = np.asarray(det_scores, np.float64)[0, :rows].copy()
-    boxes[count:] = 0
-    scores[count:] = 0
+    max_plates = det_scores.shape[1]
+    candidates: list[tuple[float, np.ndarray]] = []
+    whole_view_scale = letterbox_transform(height, width)[0]
+    for view, (x0, y0, x1, y1) in enumerate(_windows_numpy(height, width, grid)):
+        r, pad_x, pad_y = letterbox_transform(y1 - y0, x1 - x0)
+        edge = spec.TILE_EDGE / r
+        for row in range(int(num_dets[view, 0])):
+            box = (np.asarray(det_boxes[view, row], np.float64) - [pad_x, pad_y, pad_x, pad_y]) / r
+            box += [x0, y0, x0, y0]
+            if view > 0:
+                if (box[2] - box[0]) * whole_view_scale >= spec.TILE_MAX_PLATE:
+                    continue
+                inner = (x0 > 0 and box[0] <= x0 + edge, y0 > 0 and box[1] <= y0 + edge,
+                         x1 < width and box[2] >= x1 - edge, y1 < height and box[3] >= y1 - edge)  # fmt: skip
+                if any(inner):
+                    continue
+            candidates.append((float(det_scores[view, row]), box))
+    candidates.sort(key=lambda candidate: -candidate[0])
+    kept: list[tuple[float, np.ndarray]] = []
+    for index, (score, box) in enumerate(candidates):
+        better = np.array([other for _, other in candidates[:index]]).reshape(-1, 4)
+        if score > 0 and not (box_iou(better, box[None]) > spec.DETECTOR_IOU).any():
+            kept.append((score, box))
+    kept = kept[:max_plates]
+    rows = max(len(kept), 1)
+    boxes = np.zeros((rows, 4))
+    scores = np.zeros(rows)
+    for row, (score, box) in enumerate(kept):
+        boxes[row] = np.clip(box, 0, [width, height, width, height])
+        scores[row] = score
     crops = crop_reference(image, boxes)
-    crops[count:] = 0
+    crops[len(kept) :] = 0
     return crops, boxes.astype(np.float32), scores.astype(np.float32)

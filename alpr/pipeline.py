@@ -39,34 +39,41 @@ def _finish(logits: np.ndarray, plate_boxes: np.ndarray, plate_scores: np.ndarra
 class TorchPipeline:
     """The PyTorch modules behind the served graphs, chained as the ensemble chains them."""
 
-    def __init__(self, detector, stn, lprnet, max_plates: int = spec.MAX_PLATES) -> None:
+    def __init__(
+        self, detector, stn, lprnet, max_plates: int = spec.MAX_PLATES, tile_grid: int = spec.TILE_GRID
+    ) -> None:
         import torch
 
         from alpr.detector_graph import DetectorWithNMS
-        from alpr.geometry import Letterbox, PlateCropper
+        from alpr.geometry import DetectorViews, PlateCropper
 
         self.torch = torch
-        self.letterbox = Letterbox().eval()
+        self.views = DetectorViews(tile_grid).eval()
         self.detector = DetectorWithNMS(detector.eval(), max_detections=max_plates).eval()
-        self.cropper = PlateCropper().eval()
+        self.cropper = PlateCropper(tile_grid).eval()
         self.stn = stn.eval()
         self.lprnet = lprnet.eval()
 
     @classmethod
     def from_weights(
-        cls, detector: str | Path, stn: str | Path, lprnet: str | Path, max_plates: int = spec.MAX_PLATES
+        cls,
+        detector: str | Path,
+        stn: str | Path,
+        lprnet: str | Path,
+        max_plates: int = spec.MAX_PLATES,
+        tile_grid: int = spec.TILE_GRID,
     ) -> TorchPipeline:
         """Load the three checkpoints (any supported format) into a pipeline."""
         from alpr.models import load_detector, load_lprnet, load_stn
 
-        return cls(load_detector(detector), load_stn(stn), load_lprnet(lprnet), max_plates)
+        return cls(load_detector(detector), load_stn(stn), load_lprnet(lprnet), max_plates, tile_grid)
 
     def __call__(self, image: np.ndarray) -> PlateReadings:
         """Plates of one BGR uint8 ``[H, W, 3]`` image."""
         torch = self.torch
         with torch.no_grad():
             tensor = torch.from_numpy(np.ascontiguousarray(image))
-            num_dets, det_boxes, det_scores = self.detector(self.letterbox(tensor))
+            num_dets, det_boxes, det_scores = self.detector(self.views(tensor))
             crops, plate_boxes, plate_scores = self.cropper(tensor, num_dets, det_boxes, det_scores)
             logits = self.lprnet(self.stn(crops))
         return _finish(logits.numpy(), plate_boxes.numpy(), plate_scores.numpy())

@@ -7,7 +7,8 @@ Targets:
   tensorrt     the official image on a GPU: each graph step as a ``tensorrt_plan`` engine on KIND_GPU instances
 
 The ensemble ``plate_recognition`` and the ``ctc_decoder`` step are the same on all targets; only the five graph
-steps change platform and instances. ``max_plates`` (K) is the one setting that the export and the configs share.
+steps change platform and instances. ``max_plates`` (K) and ``tile_grid`` (G, hence V views per image) are the
+settings that the export and the configs share.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ BATCH_QUEUE_DELAY_US = 500
 QUEUE_TIMEOUT_US = 2_000_000
 ENTRY_QUEUE_SIZE = 64
 THREADS_PER_INSTANCE = 1
+# More tiles than this would make the detector's batch of one image's views exceed any sensible GPU profile.
+MAX_TILE_GRID = 4
 
 
 @dataclass(frozen=True)
@@ -86,20 +89,26 @@ def _tensor(name: str, data_type: str, *dims: int) -> TensorSpec:
     return TensorSpec(name, f"TYPE_{data_type}", tuple(dims))
 
 
-def graph_steps(max_plates: int = spec.MAX_PLATES) -> tuple[Step, ...]:
+def graph_steps(max_plates: int = spec.MAX_PLATES, tile_grid: int = spec.TILE_GRID) -> tuple[Step, ...]:
     """The five steps exported as graphs (preprocess, detector, crop, stn, lprnet), per ARCHITECTURE.md."""
     if not 1 <= max_plates <= spec.RECOGNISER_MAX_BATCH:
         raise ValueError(f"max_plates must lie in [1, {spec.RECOGNISER_MAX_BATCH}], got {max_plates}")
-    size, k = spec.DETECTOR_SIZE, max_plates
+    if not 1 <= tile_grid <= MAX_TILE_GRID:
+        raise ValueError(f"tile_grid must lie in [1, {MAX_TILE_GRID}], got {tile_grid}")
+    size, k, views = spec.DETECTOR_SIZE, max_plates, spec.detector_views(tile_grid)
+    tiles = f"the whole image and {tile_grid}x{tile_grid} tiles" if tile_grid > 1 else "the whole image"
     crop = (3, spec.CROP_HEIGHT, spec.CROP_WIDTH)
     return (
         Step(
             name="preprocess",
             inputs=(_tensor("image", "UINT8", -1, -1, 3),),
-            outputs=(_tensor("images", "UINT8", 1, 3, size, size),),
+            outputs=(_tensor("images", "UINT8", views, 3, size, size),),
             max_batch_size=0,
             scheduling=Scheduling(max_queue_size=ENTRY_QUEUE_SIZE, dynamic_batching=True),
-            note="Letterbox to 640x640 RGB planes. The entry step: its bounded queue refuses overload.",
+            note=(
+                f"{views} view(s), {tiles}, each letterboxed to 640x640 RGB planes. "
+                "The entry step: its bounded queue refuses overload."
+            ),
             image_input="image",
         ),
         Step(
@@ -110,23 +119,23 @@ def graph_steps(max_plates: int = spec.MAX_PLATES) -> tuple[Step, ...]:
                 _tensor("det_boxes", "FP32", k, 4),
                 _tensor("det_scores", "FP32", k),
             ),
-            max_batch_size=spec.DETECTOR_MAX_BATCH,
+            max_batch_size=spec.DETECTOR_IMAGES_PER_BATCH * views,
             scheduling=Scheduling(
                 cpu_instances=2,
                 gpu_instances=2,
-                preferred_batch_sizes=(2, 4),
+                preferred_batch_sizes=(2 * views, spec.DETECTOR_IMAGES_PER_BATCH * views),
                 max_queue_size=ENTRY_QUEUE_SIZE,
                 dynamic_batching=True,
             ),
-            note=f"YOLOv5 with NMS in the graph, padded to K = {k} boxes per image.",
+            note=f"YOLOv5 with NMS in the graph, padded to K = {k} boxes per view; one image sends {views} views.",
         ),
         Step(
             name="crop",
             inputs=(
                 _tensor("image", "UINT8", -1, -1, 3),
-                _tensor("num_dets", "INT32", 1, 1),
-                _tensor("det_boxes", "FP32", 1, k, 4),
-                _tensor("det_scores", "FP32", 1, k),
+                _tensor("num_dets", "INT32", views, 1),
+                _tensor("det_boxes", "FP32", views, k, 4),
+                _tensor("det_scores", "FP32", views, k),
             ),
             outputs=(
                 _tensor("crops", "FP32", -1, *crop),
@@ -135,7 +144,10 @@ def graph_steps(max_plates: int = spec.MAX_PLATES) -> tuple[Step, ...]:
             ),
             max_batch_size=0,
             scheduling=Scheduling(),
-            note="Plate crops resampled from the original image: M = max(num_dets, 1) rows, padding scored 0.",
+            note=(
+                "The views merged by suppression; plate crops from the original image: M = max(plates, 1) rows, "
+                "padding scored 0."
+            ),
         ),
         Step(
             name="stn",
@@ -324,10 +336,10 @@ def _wrap(text: str, width: int = 116) -> Iterable[str]:
         yield line
 
 
-def repository_files(target: str, max_plates: int = spec.MAX_PLATES) -> dict[str, str]:
+def repository_files(target: str, max_plates: int = spec.MAX_PLATES, tile_grid: int = spec.TILE_GRID) -> dict[str, str]:
     """Every text file of the repository for ``target``, by relative path (configs and the decoder's code)."""
     files = {f"{spec.ENSEMBLE_NAME}/config.pbtxt": config_text(ensemble_config(), ENSEMBLE_NOTE)}
-    for step in (*graph_steps(max_plates), decoder_step()):
+    for step in (*graph_steps(max_plates, tile_grid), decoder_step()):
         note = f"{step.note} Generated by alpr/repository.py for the {target} target."
         files[f"{step.name}/config.pbtxt"] = config_text(step_config(step, target), note)
     files[f"ctc_decoder/{VERSION}/model.py"] = DECODER_SOURCE.read_text()
@@ -362,6 +374,7 @@ def write_repository(
     target: str,
     *,
     max_plates: int = spec.MAX_PLATES,
+    tile_grid: int = spec.TILE_GRID,
     models_dir: str | Path | None = None,
 ) -> Path:
     """Write the repository for ``target`` into ``out_dir``; returns it.
@@ -373,12 +386,12 @@ def write_repository(
     if models_dir is not None and target == "tensorrt":
         raise ValueError("the tensorrt target takes plans from python -m engines.build, not ONNX graphs")
     out = Path(out_dir)
-    for relative, text in repository_files(target, max_plates).items():
+    for relative, text in repository_files(target, max_plates, tile_grid).items():
         path = out / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     (out / spec.ENSEMBLE_NAME / VERSION).mkdir(exist_ok=True)
-    for step in graph_steps(max_plates):
+    for step in graph_steps(max_plates, tile_grid):
         version_dir = out / step.name / VERSION
         version_dir.mkdir(parents=True, exist_ok=True)
         if models_dir is not None:

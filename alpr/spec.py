@@ -5,8 +5,34 @@ from __future__ import annotations
 # Detector input: letterboxed square, uint8 RGB planes.
 DETECTOR_SIZE = 640
 LETTERBOX_FILL = 114
-DETECTOR_CONFIDENCE = 0.25
+# Served operating point, chosen on a validation set of scenes (seed 4242, not the held-out set): precision equals
+# recall there (0.941 each), on the flat top of F1 (within 0.002 from 0.45 to 0.6). Lower scores are not answered.
+DETECTOR_CONFIDENCE = 0.5
 DETECTOR_IOU = 0.45
+# Detector views of one image: the whole frame, then a TILE_GRID x TILE_GRID grid of tiles overlapping by TILE_OVERLAP
+# of their size, each letterboxed to 640 on its own, so that a small plate reaches the detector about TILE_GRID times
+# larger. A tile answers only plates narrower than TILE_MAX_PLATE pixels on the whole frame's canvas (larger ones are
+# the whole view's, and look larger in a tile than any plate the detector learnt) and not touching its inner edges
+# (TILE_EDGE pixels of its own canvas): a plate cut by a tile border lies whole in a neighbour or in the whole view.
+TILE_GRID = 2
+TILE_OVERLAP = 0.2
+TILE_MAX_PLATE = 32.0
+TILE_EDGE = 2.0
+
+
+def detector_views(tile_grid: int = TILE_GRID) -> int:
+    """V, the detector views of one image: the whole image and ``tile_grid`` x ``tile_grid`` tiles (none for 1)."""
+    return 1 + tile_grid * tile_grid if tile_grid > 1 else 1
+
+
+def tile_grid_of(views: int) -> int:
+    """The tile grid G that gives ``views`` detector views (an exported graph's static V)."""
+    return next(grid for grid in range(1, views + 1) if detector_views(grid) == views)
+
+
+# TILE_GRID is the default of a setting (make TILE_GRID=1: the whole image alone, about four times cheaper on a CPU).
+DETECTOR_VIEWS = detector_views()
+
 # Fixed top-K of the NMS inside the detector graph, and the most plates one image can answer.
 MAX_PLATES = 8
 
@@ -23,7 +49,9 @@ MIN_IMAGE_SIDE = 16
 MAX_IMAGE_SIDE = 4096
 
 # Batching limits of the batching steps.
-DETECTOR_MAX_BATCH = 8
+# The detector batches views: up to four images' views per call.
+DETECTOR_IMAGES_PER_BATCH = 4
+DETECTOR_MAX_BATCH = DETECTOR_IMAGES_PER_BATCH * DETECTOR_VIEWS
 RECOGNISER_MAX_BATCH = 32
 
 ENSEMBLE_NAME = "plate_recognition"

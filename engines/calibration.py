@@ -119,34 +119,23 @@ class CalibrationBatches:
         self.images = images
 
     def detector(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        """Letterboxed canvases ``[batch_size, 3, 640, 640]`` uint8."""
-        canvases = [self.preprocess.run(None, {"image": image})[0] for image, _ in self.images]
+        """Letterboxed canvases ``[batch_size, 3, 640, 640]`` uint8: the images' views, whole image and tiles."""
+        canvases = np.concatenate([self.preprocess.run(None, {"image": image})[0] for image, _ in self.images])
         for start in range(0, len(canvases) - batch_size + 1, batch_size):
-            yield {"images": np.concatenate(canvases[start : start + batch_size])}
+            yield {"images": canvases[start : start + batch_size]}
 
     def lprnet(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """Rectified plate crops ``[batch_size, 3, 24, 94]`` from the true boxes of the images."""
-        import torch
-
-        from alpr.geometry import boxes_to_letterbox
+        from alpr.geometry import detections_for_boxes
 
         crops = []
+        tile_grid = spec.tile_grid_of(self.preprocess.get_outputs()[0].shape[0])
         for image, boxes in self.images:
             if not len(boxes):
                 continue
             height, width = image.shape[:2]
-            k = spec.MAX_PLATES
-            count = min(len(boxes), k)
-            canvas_boxes = np.zeros((1, k, 4), np.float32)
-            canvas_boxes[0, :count] = boxes_to_letterbox(torch.from_numpy(boxes[:count]), height, width).numpy()
-            scores = np.zeros((1, k), np.float32)
-            scores[0, :count] = 1.0
-            feed = {
-                "image": image,
-                "num_dets": np.array([[count]], np.int32),
-                "det_boxes": canvas_boxes,
-                "det_scores": scores,
-            }
+            detections = detections_for_boxes(boxes, height, width, spec.MAX_PLATES, score=1.0, tile_grid=tile_grid)
+            feed = dict(zip(("image", "num_dets", "det_boxes", "det_scores"), (image, *detections), strict=True))
             crops.append(self.crop.run(None, feed)[0])
         rows = np.concatenate(crops) if crops else np.zeros((0, 3, spec.CROP_HEIGHT, spec.CROP_WIDTH), np.float32)
         for start in range(0, len(rows) - batch_size + 1, batch_size):

@@ -24,7 +24,8 @@ converted to float32 first. TensorRT admits uint8 tensors only at the network's 
 the ONNX graphs gather their samples straight from the uint8 image to avoid copying a full frame on the CPU. The
 results are identical (each sample is the same integer either way) and the graphs run in onnxruntime.
 
-    python export/tensorrt_variant.py --out-dir build/onnx [--detector-weights W] [--max-plates K] [--random-init]
+    python export/tensorrt_variant.py --out-dir build/onnx [--detector-weights W] [--max-plates K] [--tile-grid G]
+                                      [--random-init]
 """
 
 from __future__ import annotations
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(min(torch.get_num_threads(), 4))
     # The very modules the ONNX export traces, so both sets of graphs share weights, thresholds and K.
-    graphs = served_graphs(networks_from_arguments(args), args.max_plates)
+    graphs = served_graphs(networks_from_arguments(args), args.max_plates, tile_grid=args.tile_grid)
     for name, path in export_variants(graphs, args.out_dir).items():
         print(f"{name:<10} -> {path} (TensorRT variant)")
     return 0

@@ -1,7 +1,7 @@
 """Export the five served graphs to ONNX (opset 17): preprocess, detector, crop, stn, lprnet.
 
     python export/to_onnx.py --out-dir build/onnx [--detector-weights P] [--lprnet-weights P] [--stn-weights P]
-                             [--max-plates K] [--random-init]
+                             [--max-plates K] [--tile-grid G] [--random-init]
 
 Tensor names and shapes follow ARCHITECTURE.md. The batching steps (detector, stn, lprnet) get a dynamic first
 axis; preprocess and crop take one image of any size. Weights default to the committed ``alpr/weights/*.pt``;
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from alpr import spec
 from alpr.detector_graph import DetectorWithNMS
-from alpr.geometry import Letterbox, PlateCropper
+from alpr.geometry import DetectorViews, PlateCropper
 from alpr.models import STN, LPRNet, YOLOv5, load_detector, load_lprnet, load_stn
 from alpr.paths import repo_root
 
@@ -131,20 +131,27 @@ def served_graphs(
     max_plates: int = spec.MAX_PLATES,
     confidence: float = spec.DETECTOR_CONFIDENCE,
     iou: float = spec.DETECTOR_IOU,
+    tile_grid: int = spec.TILE_GRID,
 ) -> dict[str, Graph]:
     """The five served graphs, keyed by step name, with the tensor contract of ARCHITECTURE.md."""
     size, crop = spec.DETECTOR_SIZE, (3, spec.CROP_HEIGHT, spec.CROP_WIDTH)
     image = torch.zeros((480, 640, 3), dtype=torch.uint8)
+    views = spec.detector_views(tile_grid)
     detections = (
-        torch.ones((1, 1), dtype=torch.int32),
-        torch.tensor([[[100.0, 300.0, 200.0, 330.0]] * max_plates]),
-        torch.full((1, max_plates), 0.5),
+        torch.ones((views, 1), dtype=torch.int32),
+        torch.tensor([[[100.0, 300.0, 200.0, 330.0]] * max_plates] * views),
+        torch.full((views, max_plates), 0.5),
     )
     batch = {0: "batch"}
     plates = {0: "plates"}
     return {
         "preprocess": Graph(
-            "preprocess", Letterbox(), ("image",), ("images",), (image,), {"image": {0: "height", 1: "width"}}
+            "preprocess",
+            DetectorViews(tile_grid),
+            ("image",),
+            ("images",),
+            (image,),
+            {"image": {0: "height", 1: "width"}},
         ),
         "detector": Graph(
             "detector",
@@ -156,7 +163,7 @@ def served_graphs(
         ),
         "crop": Graph(
             "crop",
-            PlateCropper(),
+            PlateCropper(tile_grid),
             ("image", "num_dets", "det_boxes", "det_scores"),
             ("crops", "plate_boxes", "plate_scores"),
             (image, *detections),
@@ -238,6 +245,12 @@ def weight_arguments(parser: argparse.ArgumentParser) -> None:
         help="K, detections kept per image (verify reads the graph's)",
     )
     parser.add_argument(
+        "--tile-grid",
+        type=int,
+        default=spec.TILE_GRID,
+        help="G: the detector sees the whole image and GxG tiles; 1: the whole image alone (verify reads the graph's)",
+    )
+    parser.add_argument(
         "--random-init", action="store_true", help="untrained (seeded) networks where no weights are given, for tests"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of --random-init")
@@ -258,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         networks = networks_from_arguments(args)
     except FileNotFoundError as missing:
         parser.error(str(missing))
-    graphs = served_graphs(networks, args.max_plates)
+    graphs = served_graphs(networks, args.max_plates, tile_grid=args.tile_grid)
     for name, path in export_all(args.out_dir, graphs).items():
         print(f"{name:<10} -> {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0

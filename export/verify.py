@@ -31,9 +31,9 @@ import torch
 from alpr import spec
 from alpr.detector_graph import DetectorWithNMS
 from alpr.geometry import (
-    Letterbox,
+    DetectorViews,
     PlateCropper,
-    boxes_to_letterbox,
+    detections_for_boxes,
     letterbox_reference,
     plate_cropper_reference,
 )
@@ -131,16 +131,10 @@ def random_image(rng: np.random.Generator, height: int, width: int) -> np.ndarra
     return cv2.GaussianBlur(noise, (5, 5), 0) if min(height, width) >= 5 else noise
 
 
-def detections_for(scene: Scene, max_plates: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Detector outputs for one image whose detections are the scene's plates (letterbox pixels, score 0.9)."""
+def detections_for(scene: Scene, max_plates: int, tile_grid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Detector outputs for one image whose whole view detects the scene's plates (score 0.9)."""
     height, width = scene.image.shape[:2]
-    count = min(len(scene.plate_boxes), max_plates)
-    boxes = np.zeros((1, max_plates, 4), np.float32)
-    scores = np.zeros((1, max_plates), np.float32)
-    letterboxed = boxes_to_letterbox(torch.from_numpy(scene.plate_boxes[:count]), height, width)
-    boxes[0, :count] = letterboxed.numpy()
-    scores[0, :count] = 0.9
-    return np.array([[count]], np.int32), boxes, scores
+    return detections_for_boxes(scene.plate_boxes, height, width, max_plates, score=0.9, tile_grid=tile_grid)
 
 
 CROP_INPUTS = ("image", "num_dets", "det_boxes", "det_scores")
@@ -156,6 +150,7 @@ def verify(onnx_dir: Path, networks: Networks, seed: int = 0) -> list[Check]:
     rng = np.random.default_rng(seed)
     sessions = {name: session(Path(onnx_dir) / f"{name}.onnx") for name in GRAPH_NAMES}
     max_plates = exported_max_plates(sessions["detector"])
+    grid = exported_tile_grid(sessions["preprocess"])
     scene = real_scene()
     checks: list[Check] = []
 
@@ -165,7 +160,7 @@ def verify(onnx_dir: Path, networks: Networks, seed: int = 0) -> list[Check]:
             checks.append(Check(model, name, label, reference, max_abs_diff(a, e), t))
 
     # preprocess: random sizes (landscape, portrait with fractional padding, tiny) and the real photo.
-    letterbox = Letterbox()
+    letterbox = DetectorViews(grid)
     images = {
         "random 720x1280": random_image(rng, 720, 1280),
         "random 1001x357": random_image(rng, 1001, 357),
@@ -179,25 +174,26 @@ def verify(onnx_dir: Path, networks: Networks, seed: int = 0) -> list[Check]:
         with torch.no_grad():
             eager = letterbox(torch.from_numpy(image))
         compare("preprocess", label, "PyTorch", [output], [eager], [LETTERBOX_TOLERANCE])
-        compare("preprocess", label, "NumPy", [output], [letterbox_reference(image)], [LETTERBOX_TOLERANCE])
+        compare("preprocess", label, "NumPy", [output], [letterbox_reference(image, grid)], [LETTERBOX_TOLERANCE])
 
-    # detector: a batch of the real photo and a random frame, against eager PyTorch with the same NMS.
+    # detector: the views of the real photo and of a random frame in one batch, against eager PyTorch with the same NMS.
     detector = DetectorWithNMS(networks.detector, max_plates).eval()
     batch = np.concatenate([letterboxed[scene.name], letterboxed["random 720x1280"]])
     outputs = sessions["detector"].run(None, {"images": batch})
     with torch.no_grad():
         expected = detector(torch.from_numpy(batch))
     tolerances = [0.0, BOX_TOLERANCE, SCORE_TOLERANCE]
-    compare("detector", f"{scene.name} + random, batch 2", "PyTorch", outputs, expected, tolerances)
+    compare("detector", f"{scene.name} + random, batch {len(batch)}", "PyTorch", outputs, expected, tolerances)
 
-    # crop: the detector's own detections on the photo, its labelled plates, and no detection at all.
-    num_dets, det_boxes, det_scores = (output[:1] for output in outputs)
+    # crop: the detector's own detections in the photo's views, its labelled plates, and no detection at all.
+    views = len(letterboxed[scene.name])
+    num_dets, det_boxes, det_scores = (output[:views] for output in outputs)
     cases = {
         f"{scene.name}, detector output": (num_dets, det_boxes, det_scores),
-        f"{scene.name}, labelled plates": detections_for(scene, max_plates),
-        f"{scene.name}, no detection": (np.zeros((1, 1), np.int32), det_boxes, det_scores),
+        f"{scene.name}, labelled plates": detections_for(scene, max_plates, grid),
+        f"{scene.name}, no detection": (np.zeros_like(num_dets), det_boxes, det_scores),
     }
-    cropper = PlateCropper()
+    cropper = PlateCropper(grid)
     plate_crops = None
     for label, detections in cases.items():
         inputs = crop_feed(scene.image, detections)
@@ -205,7 +201,7 @@ def verify(onnx_dir: Path, networks: Networks, seed: int = 0) -> list[Check]:
         with torch.no_grad():
             eager = cropper(*(torch.from_numpy(value) for value in inputs.values()))
         compare("crop", label, "PyTorch", crops, eager, [CROP_TOLERANCE] * 3)
-        reference = plate_cropper_reference(*inputs.values())
+        reference = plate_cropper_reference(*inputs.values(), grid=grid)
         compare("crop", label, "NumPy", crops, reference, [CROP_REFERENCE_TOLERANCE, PLATE_BOX_TOLERANCE, 0.0])
         if "labelled" in label:
             plate_crops = crops[0]
@@ -231,12 +227,19 @@ def exported_max_plates(detector: ort.InferenceSession) -> int:
     return next(output.shape[1] for output in detector.get_outputs() if output.name == "det_boxes")
 
 
+def exported_tile_grid(preprocess: ort.InferenceSession) -> int:
+    """G, the tiles per side the exported preprocess graph makes (from its static number of views)."""
+    return spec.tile_grid_of(preprocess.get_outputs()[0].shape[0])
+
+
 def time_graphs(onnx_dir: Path, repeats: int = 10, threads: int = 1) -> dict[str, float]:
     """Median onnxruntime wall time in milliseconds of each graph for one 1920x1080 frame with one plate."""
     scene = synthetic_scene()
     sessions = {name: session(Path(onnx_dir) / f"{name}.onnx", threads) for name in GRAPH_NAMES}
     (images,) = sessions["preprocess"].run(None, {"image": scene.image})
-    detections = detections_for(scene, exported_max_plates(sessions["detector"]))
+    detections = detections_for(
+        scene, exported_max_plates(sessions["detector"]), exported_tile_grid(sessions["preprocess"])
+    )
     crops, _, _ = sessions["crop"].run(None, crop_feed(scene.image, detections))
     (rectified,) = sessions["stn"].run(None, {"crops": crops})
     feeds = {

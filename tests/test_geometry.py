@@ -1,4 +1,4 @@
-"""Letterbox and plate-crop geometry in PyTorch against independent NumPy/OpenCV references."""
+"""Detector views, view merging and plate-crop geometry in PyTorch against independent NumPy/OpenCV references."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from alpr import spec
 from alpr.geometry import (
-    Letterbox,
+    DetectorViews,
     PlateCropper,
     boxes_from_letterbox,
     boxes_to_letterbox,
@@ -19,6 +19,7 @@ from alpr.geometry import (
     letterbox_reference,
     letterbox_transform,
     plate_cropper_reference,
+    view_windows,
 )
 
 # Letterbox outputs are uint8: float32 (PyTorch) and float64 (NumPy) samples that straddle .5 round apart, so one
@@ -34,9 +35,14 @@ def photo_like(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     return cv2.GaussianBlur(noise, (5, 5), 0) if min(height, width) >= 5 else noise
 
 
-def letterbox(image: np.ndarray) -> np.ndarray:
+def detector_views(image: np.ndarray, grid: int = spec.TILE_GRID) -> np.ndarray:
     with torch.no_grad():
-        return Letterbox()(torch.from_numpy(image)).numpy()
+        return DetectorViews(grid)(torch.from_numpy(image)).numpy()
+
+
+def letterbox(image: np.ndarray) -> np.ndarray:
+    """The whole-image view alone, ``[1, 3, 640, 640]``."""
+    return detector_views(image, grid=1)
 
 
 @pytest.mark.parametrize(
@@ -61,10 +67,10 @@ def test_letterbox_transform_scales_the_long_side_to_640_and_centres(height, wid
     [(1080, 1920), (1001, 357), (16, 16), (37, 1001), (2160, 4096), (4096, 2160)],
     ids=["landscape", "portrait", "tiny", "thin", "4k", "4k-portrait"],
 )
-def test_letterbox_matches_numpy_reference(height: int, width: int) -> None:
+def test_detector_views_match_numpy_reference(height: int, width: int) -> None:
     image = photo_like(np.random.default_rng(height * 7 + width), height, width)
-    actual, expected = letterbox(image), letterbox_reference(image)
-    assert actual.shape == (1, 3, spec.DETECTOR_SIZE, spec.DETECTOR_SIZE) and actual.dtype == np.uint8
+    actual, expected = detector_views(image), letterbox_reference(image)
+    assert actual.shape == (spec.DETECTOR_VIEWS, 3, spec.DETECTOR_SIZE, spec.DETECTOR_SIZE) and actual.dtype == np.uint8
     diff = np.abs(actual.astype(int) - expected.astype(int))
     assert diff.max() <= GREY_LEVEL, f"max abs diff {diff.max()} > {GREY_LEVEL} grey level"
     share = (diff > 0).mean()
@@ -121,12 +127,9 @@ def test_crop_matches_numpy_reference_including_boxes_past_the_border() -> None:
     assert diff <= CROP_TOLERANCE, f"max abs diff {diff:.2e} > {CROP_TOLERANCE} (normalised pixels)"
 
 
-def detections(boxes: list[list[float]], scores: list[float], k: int = spec.MAX_PLATES) -> tuple[np.ndarray, ...]:
-    det_boxes = np.zeros((1, k, 4), np.float32)
-    det_scores = np.zeros((1, k), np.float32)
-    det_boxes[0, : len(boxes)] = boxes
-    det_scores[0, : len(scores)] = scores
-    return np.array([[len(boxes)]], np.int32), det_boxes, det_scores
+def detections(boxes: list[list[float]], scores: list[float]) -> tuple[np.ndarray, ...]:
+    """Crop-step inputs where the whole view detects ``boxes`` (canvas pixels) and no tile detects anything."""
+    return view_detections({0: list(zip(boxes, scores, strict=True))})
 
 
 def run_cropper(image: np.ndarray, *inputs: np.ndarray) -> list[np.ndarray]:
@@ -160,3 +163,78 @@ def test_cropper_maps_boxes_back_clips_them_and_matches_reference() -> None:
     ):
         diff = np.abs(actual - reference).max()
         assert diff <= CROP_TOLERANCE, f"{name}: max abs diff {diff:.2e} > {CROP_TOLERANCE}"
+
+
+def test_view_windows_are_the_image_then_overlapping_tiles_that_cover_it() -> None:
+    windows = view_windows(900, 1800, grid=2).numpy()
+    # Tiles 1 / (2 - 0.2) of each side: 1000x500, the second starting 80 % of a tile further.
+    expected = [[0, 0, 1800, 900], [0, 0, 1000, 500], [800, 0, 1800, 500], [0, 400, 1000, 900], [800, 400, 1800, 900]]
+    np.testing.assert_allclose(windows, expected, atol=1e-3)
+    three = view_windows(1080, 1920, grid=3).numpy()
+    assert len(three) == 10 and three[-1, 2:].tolist() == [1920, 1080]
+    np.testing.assert_allclose(three[1, 2] - three[2, 0], spec.TILE_OVERLAP * three[1, 2], rtol=1e-5)
+
+
+def test_grid_one_is_the_whole_image_alone() -> None:
+    assert view_windows(439, 780, grid=1).tolist() == [[0, 0, 780, 439]]
+    image = photo_like(np.random.default_rng(7), 439, 780)
+    assert letterbox(image).shape == (1, 3, spec.DETECTOR_SIZE, spec.DETECTOR_SIZE)
+    k = spec.MAX_PLATES
+    num_dets, det_boxes, det_scores = np.array([[2]], np.int32), np.zeros((1, k, 4), np.float32), np.zeros((1, k))
+    det_boxes[0, :2] = [[77.5, 411.4, 108.2, 420.6], [300, 200, 400, 260]]
+    det_scores = det_scores.astype(np.float32)
+    det_scores[0, :2] = [0.9, 0.6]
+    with torch.no_grad():
+        outputs = PlateCropper(grid=1)(*(torch.from_numpy(v) for v in (image, num_dets, det_boxes, det_scores)))
+    expected = plate_cropper_reference(image, num_dets, det_boxes, det_scores, grid=1)
+    assert outputs[0].shape[0] == 2
+    for actual, reference in zip(outputs, expected, strict=True):
+        assert np.abs(actual.numpy() - reference).max() <= CROP_TOLERANCE
+
+
+def test_a_tile_view_is_the_letterbox_of_its_window() -> None:
+    image = photo_like(np.random.default_rng(5), 900, 1800)
+    views = detector_views(image)
+    np.testing.assert_array_equal(views[0], letterbox(image)[0])
+    # Bottom-right tile: columns 800-1800, rows 400-900, shown at twice the whole view's scale.
+    diff = np.abs(views[4].astype(int) - letterbox(np.ascontiguousarray(image[400:900, 800:1800]))[0].astype(int))
+    assert diff.max() <= GREY_LEVEL and (diff > 0).mean() <= MAX_SHARE_OFF_BY_ONE
+
+
+def view_detections(per_view: dict[int, list[tuple[list[float], float]]]) -> tuple[np.ndarray, ...]:
+    """Crop-step inputs from ``{view: [(canvas box, score), ...]}``; views not named detect nothing."""
+    k = spec.MAX_PLATES
+    num_dets = np.zeros((spec.DETECTOR_VIEWS, 1), np.int32)
+    det_boxes = np.zeros((spec.DETECTOR_VIEWS, k, 4), np.float32)
+    det_scores = np.zeros((spec.DETECTOR_VIEWS, k), np.float32)
+    for view, found in per_view.items():
+        num_dets[view] = len(found)
+        for row, (box, score) in enumerate(found):
+            det_boxes[view, row], det_scores[view, row] = box, score
+    return num_dets, det_boxes, det_scores
+
+
+def test_cropper_merges_the_views() -> None:
+    # 1800x900: whole view r = 0.3556 (pad_y 160); each tile r = 0.64 (pad_y 160).
+    image = photo_like(np.random.default_rng(6), 900, 1800)
+    inputs = view_detections(
+        {
+            # A plate at original x 100-180, y 300-330, seen by the whole view and better by the top-left tile.
+            0: [([35.56, 266.67, 64.0, 277.33], 0.5)],
+            1: [
+                ([64.0, 352.0, 115.2, 371.2], 0.9),
+                # Wider than TILE_MAX_PLATE on the whole view (about 43 px): the whole view's to answer, dropped.
+                ([300.0, 200.0, 420.0, 230.0], 0.95),
+                # Touching the tile's right edge (x 1000 of the original): cut by the border, dropped.
+                ([600.0, 300.0, 639.5, 310.0], 0.8),
+            ],
+            # A small plate only the bottom-right tile finds: x 1500-1550, y 700-712.
+            4: [([448.0, 352.0, 480.0, 359.68], 0.7)],
+        }
+    )
+    crops, plate_boxes, plate_scores = run_cropper(image, *inputs)
+    np.testing.assert_array_equal(plate_scores, np.float32([0.9, 0.7]))
+    np.testing.assert_allclose(plate_boxes, [[100, 300, 180, 330], [1500, 700, 1550, 712]], atol=0.02)
+    expected = plate_cropper_reference(image, *inputs)
+    for actual, reference in zip((crops, plate_boxes, plate_scores), expected, strict=True):
+        assert np.abs(actual - reference).max() <= CROP_TOLERANCE

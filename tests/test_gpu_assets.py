@@ -312,14 +312,14 @@ def test_builder_fills_every_plan_step_with_profiles_from_the_configs(
     assert jobs["detector"].onnx.name == "detector_trt.onnx"
     side, k = spec.DETECTOR_SIZE, spec.MAX_PLATES
     assert jobs["detector"].profile["images"] == build.ShapeRange(
-        (1, 3, side, side), (4, 3, side, side), (spec.DETECTOR_MAX_BATCH, 3, side, side)
+        (1, 3, side, side), (4 * spec.DETECTOR_VIEWS, 3, side, side), (spec.DETECTOR_MAX_BATCH, 3, side, side)
     )
     assert jobs["lprnet"].profile["rectified"].maximum == (spec.RECOGNISER_MAX_BATCH, 3, 24, 94)
     assert jobs["preprocess"].profile["image"] == build.ShapeRange(
         (spec.MIN_IMAGE_SIDE, spec.MIN_IMAGE_SIDE, 3), (1080, 1920, 3), (spec.MAX_IMAGE_SIDE, spec.MAX_IMAGE_SIDE, 3)
     )
     if "crop" in jobs:
-        assert jobs["crop"].profile["det_boxes"] == build.ShapeRange(*[(1, k, 4)] * 3)
+        assert jobs["crop"].profile["det_boxes"] == build.ShapeRange(*[(spec.DETECTOR_VIEWS, k, 4)] * 3)
     precisions = {name: job.precision for name, job in jobs.items()}
     assert precisions["preprocess"] == "fp32" and precisions["detector"] == precisions["lprnet"] == "fp16"
 
@@ -496,9 +496,11 @@ def test_calibration_batches_come_from_the_pipeline_graphs(
     onnx_dir: Path, scenes: list[tuple[np.ndarray, np.ndarray]]
 ) -> None:
     batches = calibration.CalibrationBatches(onnx_dir, scenes)
-    (detector_batch,) = list(batches.detector(batch_size=2))
-    assert detector_batch["images"].shape == (2, 3, spec.DETECTOR_SIZE, spec.DETECTOR_SIZE)
-    assert detector_batch["images"].dtype == np.uint8
+    detector_batches = list(batches.detector(batch_size=2))
+    assert len(detector_batches) == len(scenes) * spec.DETECTOR_VIEWS // 2, "every view of every image, in pairs"
+    for batch in detector_batches:
+        assert batch["images"].shape == (2, 3, spec.DETECTOR_SIZE, spec.DETECTOR_SIZE)
+        assert batch["images"].dtype == np.uint8
     lprnet_batches = list(batches.lprnet(batch_size=2))
     assert len(lprnet_batches) == sum(len(boxes) for _, boxes in scenes) // 2
     for batch in lprnet_batches:

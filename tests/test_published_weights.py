@@ -117,21 +117,19 @@ class ServedReading:
 @pytest.fixture(scope="module")
 def served_reading(served_recogniser: ServedRecogniser, real_plate: RealPlate) -> ServedReading:
     """The reference box sent as the detector would send it, through the served recogniser steps one by one."""
-    from alpr.geometry import boxes_to_letterbox
+    from alpr.geometry import detections_for_boxes
 
     height, width = real_plate.image.shape[:2]
-    count = len(real_plate.box)
-    det_boxes = np.zeros((1, served_recogniser.max_plates, 4), np.float32)
-    det_boxes[0, :count] = boxes_to_letterbox(torch.from_numpy(real_plate.box), height, width).numpy()
-    det_scores = np.zeros((1, served_recogniser.max_plates), np.float32)
-    det_scores[0, :count] = DETECTION_SCORE
+    num_dets, det_boxes, det_scores = detections_for_boxes(
+        real_plate.box, height, width, served_recogniser.max_plates, DETECTION_SCORE
+    )
     url = served_recogniser.grpc_url
     crops, plate_boxes, plate_scores = infer(
         url,
         "crop",
         {
             "image": (real_plate.image, "UINT8"),
-            "num_dets": (np.array([[count]], np.int32), "INT32"),
+            "num_dets": (num_dets, "INT32"),
             "det_boxes": (det_boxes, "FP32"),
             "det_scores": (det_scores, "FP32"),
         },

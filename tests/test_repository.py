@@ -20,9 +20,11 @@ from alpr.repository import (
 COMMITTED_REPOSITORY = repo_root() / "model_repository"
 
 
-def parsed_configs(target: str, max_plates: int = spec.MAX_PLATES) -> dict[str, mc.ModelConfig]:
+def parsed_configs(
+    target: str, max_plates: int = spec.MAX_PLATES, tile_grid: int = spec.TILE_GRID
+) -> dict[str, mc.ModelConfig]:
     configs = {}
-    for path, text in repository_files(target, max_plates).items():
+    for path, text in repository_files(target, max_plates, tile_grid).items():
         if path.endswith("/config.pbtxt"):
             configs[path.split("/")[0]] = text_format.Parse(text, mc.ModelConfig())
     return configs
@@ -145,10 +147,24 @@ def test_max_plates_flows_into_the_configs() -> None:
     assert detector["det_boxes"] == [5, 4]
     assert detector["det_scores"] == [5]
     crop = {tensor.name: list(tensor.dims) for tensor in configs["crop"].input}
-    assert crop["det_boxes"] == [1, 5, 4]
-    assert crop["det_scores"] == [1, 5]
+    assert crop["det_boxes"] == [spec.DETECTOR_VIEWS, 5, 4]
+    assert crop["det_scores"] == [spec.DETECTOR_VIEWS, 5]
     with pytest.raises(ValueError, match="max_plates"):
         graph_steps(spec.RECOGNISER_MAX_BATCH + 1)
+
+
+@pytest.mark.parametrize(("tile_grid", "views"), [(1, 1), (2, 5), (3, 10)])
+def test_tile_grid_flows_into_the_configs(tile_grid: int, views: int) -> None:
+    configs = parsed_configs("cpu", tile_grid=tile_grid)
+    assert list(configs["preprocess"].output[0].dims) == [views, 3, spec.DETECTOR_SIZE, spec.DETECTOR_SIZE]
+    crop = {tensor.name: list(tensor.dims) for tensor in configs["crop"].input}
+    assert crop["num_dets"] == [views, 1] and crop["det_boxes"] == [views, spec.MAX_PLATES, 4]
+    detector = configs["detector"]
+    assert detector.max_batch_size == spec.DETECTOR_IMAGES_PER_BATCH * views, "whole images' views per batch"
+    assert list(detector.dynamic_batching.preferred_batch_size) == [2 * views, 4 * views]
+    assert spec.tile_grid_of(views) == tile_grid
+    with pytest.raises(ValueError, match="tile_grid"):
+        graph_steps(tile_grid=0)
 
 
 def test_committed_repository_is_the_generated_cpu_repository() -> None:

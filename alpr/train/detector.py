@@ -1,9 +1,10 @@
 """Train the YOLOv5 plate detector on synthetic street scenes.
 
-Scenes are rendered at several frame sizes, letterboxed to the 640x640 detector input by the very ``Letterbox`` that
-the served ``preprocess`` graph runs, and cut into square training tiles (the network is fully convolutional, so a
-320-pixel tile teaches the same plate scales as the full 640 input at a quarter of the cost, which is what makes
-training on a laptop CPU practical). ``python -m alpr.train.detector --help`` lists the options.
+Scenes are rendered at several frame sizes, letterboxed to the 640x640 detector input by the whole-image view of
+the very ``DetectorViews`` that the served ``preprocess`` graph runs, and cut into square training tiles (the network
+is fully convolutional, so a 320-pixel tile teaches the same plate scales as the full 640 input at a quarter of the
+cost, which is what makes training on a laptop CPU practical).
+``python -m alpr.train.detector --help`` lists the options.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from alpr import paths, spec
-from alpr.geometry import Letterbox, letterbox_transform
+from alpr.geometry import DetectorViews, letterbox_transform
 from alpr.models import YOLOv5, load_detector, save_checkpoint
 from alpr.synth.scenes import make_scene
 from alpr.train.common import (
@@ -47,7 +48,7 @@ class SceneTiles:
     def __init__(self, batch_size: int, tile_size: int) -> None:
         self.batch_size = batch_size
         self.tile_size = tile_size
-        self.letterbox = Letterbox()
+        self.letterbox = DetectorViews(grid=1)
         sizes = np.array([s[2] for s in FRAME_SIZES], dtype=float)
         self.size_probabilities = sizes / sizes.sum()
 
