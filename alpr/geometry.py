@@ -208,8 +208,10 @@ def merge_views(
 ) -> tuple[Tensor, Tensor]:
     """The views' detections in original pixels, ``[V * K, 4]``, with scores ``[V * K]``, 0 where not kept.
 
-    A view's padding rows score 0, and so do a tile's boxes that it is not there for: those wider than
-    ``spec.TILE_MAX_PLATE`` on the whole view's canvas, and those touching an inner edge of the tile.
+    A view's padding rows score 0, and so do boxes under the view's threshold (``spec.TILE_CONFIDENCE`` in a tile,
+    ``spec.WHOLE_VIEW_CONFIDENCE`` in the whole view beside tiles, ``spec.SINGLE_VIEW_CONFIDENCE`` without them) and a
+    tile's boxes that it is not there for: those wider than ``spec.TILE_MAX_PLATE`` on the whole view's canvas, and
+    those touching an inner edge of the tile.
     """
     views, k = det_scores.shape
     x0, y0, x1, y1 = view_windows(height, width, grid).unsqueeze(-1).unbind(1)  # each [V, 1]
@@ -228,7 +230,9 @@ def merge_views(
         & ((x1 >= image_width) | (bx2 < x1 - edge))
         & ((y1 >= image_height) | (by2 < y1 - edge))
     )
-    kept = kept & (~tile | (small & clear_of_inner_edges))
+    whole_view_threshold = spec.WHOLE_VIEW_CONFIDENCE if views > 1 else spec.SINGLE_VIEW_CONFIDENCE
+    confident = det_scores >= torch.where(tile, spec.TILE_CONFIDENCE, whole_view_threshold)
+    kept = kept & confident & (~tile | (small & clear_of_inner_edges))
     return boxes.reshape(views * k, 4), torch.where(kept, det_scores, 0.0).reshape(views * k)
 
 
@@ -386,10 +390,17 @@ def plate_cropper_reference(
     max_plates = det_scores.shape[1]
     candidates: list[tuple[float, np.ndarray]] = []
     whole_view_scale = letterbox_transform(height, width)[0]
-    for view, (x0, y0, x1, y1) in enumerate(_windows_numpy(height, width, grid)):
+    windows = _windows_numpy(height, width, grid)
+    for view, (x0, y0, x1, y1) in enumerate(windows):
         r, pad_x, pad_y = letterbox_transform(y1 - y0, x1 - x0)
         edge = spec.TILE_EDGE / r
+        if view > 0:
+            threshold = spec.TILE_CONFIDENCE
+        else:
+            threshold = spec.WHOLE_VIEW_CONFIDENCE if len(windows) > 1 else spec.SINGLE_VIEW_CONFIDENCE
         for row in range(int(num_dets[view, 0])):
+            if det_scores[view, row] < threshold:
+                continue
             box = (np.asarray(det_boxes[view, row], np.float64) - [pad_x, pad_y, pad_x, pad_y]) / r
             box += [x0, y0, x0, y0]
             if view > 0:

@@ -231,7 +231,7 @@ def test_crop_graph_matches_pytorch_and_numpy(sessions: dict, count: int) -> Non
     det_boxes = np.zeros((spec.DETECTOR_VIEWS, K, 4), np.float32)
     det_boxes[0] = np.where(np.arange(K)[:, None] < count, boxes, 0)
     det_scores = np.zeros((spec.DETECTOR_VIEWS, K), np.float32)
-    det_scores[0] = np.where(np.arange(K) < count, np.linspace(0.9, 0.3, K), 0)
+    det_scores[0] = np.where(np.arange(K) < count, np.linspace(0.99, 0.9, K), 0)
     inputs = crop_feed(image, (num_dets, det_boxes, det_scores))
     outputs = sessions["crop"].run(None, inputs)
     with torch.no_grad():

@@ -150,13 +150,13 @@ def test_cropper_maps_boxes_back_clips_them_and_matches_reference() -> None:
     image = photo_like(np.random.default_rng(4), 439, 780)
     # Canvas r = 640/780 = 0.8205, pad_y = 139.897: the second box reaches past the left and bottom edges of the image.
     inputs = detections(
-        [[77.5, 411.4, 108.2, 420.6], [-20.0, 480.0, 60.0, 520.0], [300, 200, 400, 260]], [0.9, 0.6, 0.3]
+        [[77.5, 411.4, 108.2, 420.6], [-20.0, 480.0, 60.0, 520.0], [300, 200, 400, 260]], [0.99, 0.95, 0.9]
     )
     crops, plate_boxes, plate_scores = run_cropper(image, *inputs)
     assert crops.shape[0] == plate_boxes.shape[0] == plate_scores.shape[0] == 3
     assert plate_boxes[0].tolist() == pytest.approx([94.453, 330.894, 131.869, 342.106], abs=1e-3)
     assert plate_boxes[1].tolist() == pytest.approx([0.0, 414.500, 73.125, 439.0], abs=1e-3), "clipped to 780x439"
-    np.testing.assert_array_equal(plate_scores, np.float32([0.9, 0.6, 0.3]))
+    np.testing.assert_array_equal(plate_scores, np.float32([0.99, 0.95, 0.9]))
     expected = plate_cropper_reference(image, *inputs)
     for name, actual, reference in zip(
         ("crops", "plate_boxes", "plate_scores"), (crops, plate_boxes, plate_scores), expected, strict=True
@@ -219,8 +219,12 @@ def test_cropper_merges_the_views() -> None:
     image = photo_like(np.random.default_rng(6), 900, 1800)
     inputs = view_detections(
         {
-            # A plate at original x 100-180, y 300-330, seen by the whole view and better by the top-left tile.
-            0: [([35.56, 266.67, 64.0, 277.33], 0.5)],
+            # A plate at original x 100-180, y 300-330, seen by the whole view and better by the top-left tile;
+            # then a whole-view box under WHOLE_VIEW_CONFIDENCE, dropped.
+            0: [
+                ([35.56, 266.67, 64.0, 277.33], 0.88),
+                ([300.0, 300.0, 340.0, 310.0], spec.WHOLE_VIEW_CONFIDENCE - 0.01),
+            ],
             1: [
                 ([64.0, 352.0, 115.2, 371.2], 0.9),
                 # Wider than TILE_MAX_PLATE on the whole view (about 43 px): the whole view's to answer, dropped.
@@ -228,8 +232,8 @@ def test_cropper_merges_the_views() -> None:
                 # Touching the tile's right edge (x 1000 of the original): cut by the border, dropped.
                 ([600.0, 300.0, 639.5, 310.0], 0.8),
             ],
-            # A small plate only the bottom-right tile finds: x 1500-1550, y 700-712.
-            4: [([448.0, 352.0, 480.0, 359.68], 0.7)],
+            # A small plate only the bottom-right tile finds: x 1500-1550, y 700-712; then one under TILE_CONFIDENCE.
+            4: [([448.0, 352.0, 480.0, 359.68], 0.7), ([100.0, 100.0, 130.0, 108.0], spec.TILE_CONFIDENCE - 0.01)],
         }
     )
     crops, plate_boxes, plate_scores = run_cropper(image, *inputs)
