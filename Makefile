@@ -33,12 +33,15 @@ IMAGE ?= alpr-triton
 # make train-gpu: seconds of training for each model, and where its runs and logs go.
 GPU_BUDGET ?= 1800
 GPU_RUNS ?= runs/gpu
+# Options for one trainer only (ARGS goes to both), e.g. DETECTOR_ARGS="--tile-views 0.4 --max-distractors 10".
+DETECTOR_ARGS ?=
+RECOGNISER_ARGS ?=
 
 STAMP := $(VENV)/.installed
 WEIGHT_FLAGS = $(if $(DETECTOR_WEIGHTS),--detector-weights $(DETECTOR_WEIGHTS)) \
 	$(if $(LPRNET_WEIGHTS),--lprnet-weights $(LPRNET_WEIGHTS)) $(if $(STN_WEIGHTS),--stn-weights $(STN_WEIGHTS))
 
-.PHONY: help install data train train-detector train-recogniser train-gpu eval onnx engines serve serve-cpu serve-gpu demo test lint \
+.PHONY: help install data train train-detector train-recogniser train-gpu eval thresholds onnx engines serve serve-cpu serve-gpu demo test lint \
 	bench analyze clean
 
 help: ## list the targets and their settings
@@ -67,25 +70,28 @@ $(IMAGES)/annotations.json: | $(STAMP)
 train: train-recogniser train-detector ## train the default weights (alpr/weights/) on synthetic data; resumable
 
 train-detector: $(STAMP) ## train the YOLOv5n plate detector (add ARGS="--resume" to continue)
-	$(PY) -m alpr.train.detector $(ARGS)
+	$(PY) -m alpr.train.detector $(ARGS) $(DETECTOR_ARGS)
 
 train-recogniser: $(STAMP) ## train STN + LPRNet with CTC (add ARGS="--resume" to continue)
-	$(PY) -m alpr.train.recognizer $(ARGS)
+	$(PY) -m alpr.train.recognizer $(ARGS) $(RECOGNISER_ARGS)
 
 # No $(STAMP): a GPU machine brings its own CUDA PyTorch (make train-gpu PY=python3).
 train-gpu: ## continue the committed weights on one GPU, both models at once, GPU_BUDGET s each; logs in GPU_RUNS
 	mkdir -p $(GPU_RUNS)
 	$(PY) -m alpr.train.recognizer --device cuda --init-stn alpr/weights/stn.pt --init-lprnet alpr/weights/lprnet.pt \
 		--time-budget $(GPU_BUDGET) --iterations 100000000 --batch-size 64 --lr 1e-3 --replay 4 --workers 5 \
-		--eval-every 1000 --run-dir $(GPU_RUNS)/recogniser $(ARGS) >$(GPU_RUNS)/recogniser.log 2>&1 & recogniser=$$!; \
+		--eval-every 1000 --run-dir $(GPU_RUNS)/recogniser $(ARGS) $(RECOGNISER_ARGS) >$(GPU_RUNS)/recogniser.log 2>&1 & recogniser=$$!; \
 	$(PY) -m alpr.train.detector --device cuda --init alpr/weights/detector.pt --tile-size 640 \
 		--time-budget $(GPU_BUDGET) --iterations 100000000 --batch-size 32 --lr 1e-3 --replay 3 --workers 9 \
-		--save-every 500 --run-dir $(GPU_RUNS)/detector $(ARGS) >$(GPU_RUNS)/detector.log 2>&1 & detector=$$!; \
+		--save-every 500 --run-dir $(GPU_RUNS)/detector $(ARGS) $(DETECTOR_ARGS) >$(GPU_RUNS)/detector.log 2>&1 & detector=$$!; \
 	echo "training for $(GPU_BUDGET) s; progress in $(GPU_RUNS)/{recogniser,detector}.log"; \
 	wait $$recogniser; failed=$$?; wait $$detector || failed=1; tail -n 25 $(GPU_RUNS)/*.log; exit $$failed
 
 eval: $(STAMP) ## accuracy of the weights on the held-out synthetic set and on ../shared/real
 	$(PY) -m alpr.evaluate --tile-grid $(TILE_GRID) $(WEIGHT_FLAGS)
+
+thresholds: $(STAMP) ## choose the detector score thresholds on validation scenes (not the held-out set); build/thresholds/
+	$(PY) -m alpr.thresholds --tile-grid $(TILE_GRID) $(if $(DETECTOR_WEIGHTS),--detector-weights $(DETECTOR_WEIGHTS))
 
 onnx: $(STAMP) ## export preprocess, detector (NMS inside), crop, STN and LPRNet to ONNX, checked against PyTorch
 	$(PY) export/to_onnx.py --out-dir $(ONNX_DIR) --max-plates $(MAX_PLATES) --tile-grid $(TILE_GRID) $(WEIGHT_FLAGS)

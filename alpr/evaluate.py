@@ -172,6 +172,14 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save_report(out: Path, report: dict, summary: str) -> None:
+    """Write ``report.json`` and its human-readable ``report.md`` into ``out``, and print the summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(summary)
+    print(summary)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in ("detector", "stn", "lprnet"):
@@ -206,12 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
         "heldout": evaluate_heldout(pipeline, args.scenes),
         "real": evaluate_real(pipeline, published, paths.shared_dir() / "real"),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    summary = markdown(report)
-    (out / "report.md").write_text(summary)
-    print(summary)
+    save_report(Path(args.out), report, markdown(report))
     return report
 
 

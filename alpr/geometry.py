@@ -204,14 +204,19 @@ def crop_plates(image: Tensor | np.ndarray, boxes: Tensor | np.ndarray) -> Tenso
 
 
 def merge_views(
-    num_dets: Tensor, det_boxes: Tensor, det_scores: Tensor, height: Tensor, width: Tensor, grid: int = spec.TILE_GRID
+    num_dets: Tensor,
+    det_boxes: Tensor,
+    det_scores: Tensor,
+    height: Tensor,
+    width: Tensor,
+    grid: int = spec.TILE_GRID,
+    thresholds: tuple[float, float] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The views' detections in original pixels, ``[V * K, 4]``, with scores ``[V * K]``, 0 where not kept.
 
-    A view's padding rows score 0, and so do boxes under the view's threshold (``spec.TILE_CONFIDENCE`` in a tile,
-    ``spec.WHOLE_VIEW_CONFIDENCE`` in the whole view beside tiles, ``spec.SINGLE_VIEW_CONFIDENCE`` without them) and a
-    tile's boxes that it is not there for: those wider than ``spec.TILE_MAX_PLATE`` on the whole view's canvas, and
-    those touching an inner edge of the tile.
+    A view's padding rows score 0, and so do boxes under the view's threshold (``thresholds``, the whole view's and
+    a tile's, default ``spec.view_thresholds(grid)``) and a tile's boxes that it is not there for: those wider than
+    ``spec.TILE_MAX_PLATE`` on the whole view's canvas, and those touching an inner edge of the tile.
     """
     views, k = det_scores.shape
     x0, y0, x1, y1 = view_windows(height, width, grid).unsqueeze(-1).unbind(1)  # each [V, 1]
@@ -230,8 +235,8 @@ def merge_views(
         & ((x1 >= image_width) | (bx2 < x1 - edge))
         & ((y1 >= image_height) | (by2 < y1 - edge))
     )
-    whole_view_threshold = spec.WHOLE_VIEW_CONFIDENCE if views > 1 else spec.SINGLE_VIEW_CONFIDENCE
-    confident = det_scores >= torch.where(tile, spec.TILE_CONFIDENCE, whole_view_threshold)
+    whole_view_threshold, tile_threshold = thresholds or spec.view_thresholds(grid)
+    confident = det_scores >= torch.where(tile, tile_threshold, whole_view_threshold)
     kept = kept & confident & (~tile | (small & clear_of_inner_edges))
     return boxes.reshape(views * k, 4), torch.where(kept, det_scores, 0.0).reshape(views * k)
 

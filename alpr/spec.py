@@ -5,15 +5,13 @@ from __future__ import annotations
 # Detector input: letterboxed square, uint8 RGB planes.
 DETECTOR_SIZE = 640
 LETTERBOX_FILL = 114
-# Served score thresholds, chosen on a validation set of scenes (seed 4242, not the held-out set) for the target
-# that both detection precision and recall reach 0.95: the pair with the highest min(precision, recall) there
-# (0.951, 0.952). With tiles, the whole view answers only confident boxes and the tiles answer small plates from a
-# lower score: under 0.85 the whole view's boxes 100 px and wider were 14 distractors to 1 plate there, and the small
-# plates are the tiles' to find. One threshold for all views does no better than 0.941 for both. The whole
-# image alone (TILE_GRID=1) is best at 0.30 (F1 0.896).
-WHOLE_VIEW_CONFIDENCE = 0.80
+# Served score thresholds, chosen by `make thresholds` (alpr/thresholds.py) on 1000 validation scenes (seed 4242, not
+# the held-out set) for the target that both detection precision and recall reach 0.95: the pair with the highest
+# min(precision, recall) there (0.959 and 0.960). With tiles, the whole view answers only confident boxes and the tiles
+# answer small plates from a lower score. The whole image alone (TILE_GRID=1) is best at 0.25 (0.896 and 0.898).
+WHOLE_VIEW_CONFIDENCE = 0.75
 TILE_CONFIDENCE = 0.30
-SINGLE_VIEW_CONFIDENCE = 0.30
+SINGLE_VIEW_CONFIDENCE = 0.25
 # The detector graph's own threshold, the lowest of them; the crop step applies each view's. Thresholding after the
 # detector's per-view NMS equals thresholding before it: a box is only ever suppressed by a higher-scoring one.
 DETECTOR_CONFIDENCE = min(WHOLE_VIEW_CONFIDENCE, TILE_CONFIDENCE, SINGLE_VIEW_CONFIDENCE)
@@ -32,6 +30,11 @@ TILE_EDGE = 2.0
 def detector_views(tile_grid: int = TILE_GRID) -> int:
     """V, the detector views of one image: the whole image and ``tile_grid`` x ``tile_grid`` tiles (none for 1)."""
     return 1 + tile_grid * tile_grid if tile_grid > 1 else 1
+
+
+def view_thresholds(tile_grid: int = TILE_GRID) -> tuple[float, float]:
+    """The served score thresholds (whole view, tile) for ``tile_grid``; without tiles the second is unused."""
+    return (WHOLE_VIEW_CONFIDENCE, TILE_CONFIDENCE) if tile_grid > 1 else (SINGLE_VIEW_CONFIDENCE, TILE_CONFIDENCE)
 
 
 def tile_grid_of(views: int) -> int:

@@ -72,6 +72,23 @@ def test_detector_trainer_runs_resumes_and_writes_loadable_weights(tmp_path) -> 
     assert trained(torch.zeros(1, 3, 640, 640)).shape == (1, 25200, 6)
 
 
+def test_a_box_keeps_its_label_through_a_window_only_where_most_of_it_shows() -> None:
+    boxes = np.array([[110.0, 120.0, 150.0, 130.0], [190.0, 100.0, 230.0, 110.0], [170.0, 100.0, 210.0, 110.0]])
+    kept = detector_trainer.visible_boxes(boxes, (100.0, 100.0, 200.0, 200.0))
+    # Inside: shifted into the window. 25 % inside: dropped. 75 % inside: kept, clipped at the window's edge.
+    assert kept == [(10.0, 20.0, 50.0, 30.0), (70.0, 0.0, 100.0, 10.0)]
+
+
+def test_tile_views_show_the_plates_larger_than_the_whole_view() -> None:
+    def plate_widths(tile_views: float) -> np.ndarray:
+        _, targets = detector_trainer.SceneTiles(12, 640, tile_views)(np.random.default_rng(8))
+        assert torch.all((targets[:, 2:4] >= 0) & (targets[:, 2:4] <= 640))
+        return targets[:, 4].numpy()
+
+    # A tile spans 1/1.8 of the frame on each side, so its letterbox enlarges the scene up to 1.8 times.
+    assert np.median(plate_widths(1.0)) > 1.3 * np.median(plate_widths(0.0))
+
+
 def test_recogniser_trainer_runs_and_writes_loadable_weights(tmp_path) -> None:
     args = recogniser_trainer.parse_args(
         ["--iterations", "2", "--batch-size", "4", "--workers", "0", "--validation-batches", "1", "--eval-every", "2",

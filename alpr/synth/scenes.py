@@ -221,6 +221,7 @@ def _round_sign(rng: np.random.Generator, image: np.ndarray, centre: tuple[float
 
 
 DISTRACTORS = (_text_box, _blank_rectangle, _grille, _round_sign)
+MAX_DISTRACTORS = 6
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -445,15 +446,18 @@ def frame_scale(height: int, width: int) -> float:
     return max(height, width) / REFERENCE_FRAME_SIDE
 
 
-def make_scene(rng: np.random.Generator, height: int, width: int, num_plates: int) -> Scene:
+def make_scene(
+    rng: np.random.Generator, height: int, width: int, num_plates: int, max_distractors: int = MAX_DISTRACTORS
+) -> Scene:
     """A street-like BGR frame of ``height`` x ``width`` with up to ``num_plates`` non-overlapping plates.
 
-    Fewer plates are placed only when the frame has no room left for another one without overlap.
+    Fewer plates are placed only when the frame has no room left for another one without overlap. It shows 1 to
+    ``max_distractors`` plate-like things that are not plates (the held-out set uses the default).
     """
     scale = frame_scale(height, width)
     image = _background(rng, height, width)
     mean_plate_width = math.sqrt(MIN_PLATE_WIDTH * MAX_PLATE_WIDTH) * scale
-    for _ in range(int(rng.integers(1, 7))):
+    for _ in range(int(rng.integers(1, max_distractors + 1))):
         distractor = DISTRACTORS[rng.integers(len(DISTRACTORS))]
         centre = (float(rng.uniform(0, width)), float(rng.uniform(0, height)))
         distractor(rng, image, centre, mean_plate_width * rng.uniform(0.15, 0.6))

@@ -18,9 +18,9 @@ import torch
 from tqdm import tqdm
 
 from alpr import paths, spec
-from alpr.geometry import DetectorViews, letterbox_transform
+from alpr.geometry import DetectorViews, letterbox_transform, view_windows
 from alpr.models import YOLOv5, load_detector, save_checkpoint
-from alpr.synth.scenes import make_scene
+from alpr.synth.scenes import MAX_DISTRACTORS, make_scene
 from alpr.train.common import (
     Schedule,
     Throughput,
@@ -42,12 +42,38 @@ PLATES_WEIGHTS = (0.08, 0.32, 0.25, 0.15, 0.12, 0.08)
 MIN_VISIBLE_FRACTION = 0.6
 
 
-class SceneTiles:
-    """Makes batches of letterboxed scene tiles with YOLO targets ``(image, class, cx, cy, w, h)`` in tile pixels."""
+def visible_boxes(
+    boxes: np.ndarray, window: tuple[float, float, float, float]
+) -> list[tuple[float, float, float, float]]:
+    """Boxes ``[N, 4]`` seen through ``window`` (x0, y0, x1, y1), in window pixels, clipped to it.
 
-    def __init__(self, batch_size: int, tile_size: int) -> None:
+    A box keeps its label when at least ``MIN_VISIBLE_FRACTION`` of it shows; a sliver is no plate to learn.
+    """
+    x0, y0, x1, y1 = window
+    kept = []
+    for bx1, by1, bx2, by2 in boxes - np.array([x0, y0, x0, y0]):
+        cx1, cy1, cx2, cy2 = max(bx1, 0.0), max(by1, 0.0), min(bx2, x1 - x0), min(by2, y1 - y0)
+        if cx2 - cx1 < 2 or cy2 - cy1 < 2:
+            continue
+        if (cx2 - cx1) * (cy2 - cy1) >= MIN_VISIBLE_FRACTION * (bx2 - bx1) * (by2 - by1):
+            kept.append((cx1, cy1, cx2, cy2))
+    return kept
+
+
+class SceneTiles:
+    """Makes batches of letterboxed scene tiles with YOLO targets ``(image, class, cx, cy, w, h)`` in tile pixels.
+
+    A share ``tile_views`` of the scenes is seen through one of the served tile views (``spec.TILE_GRID``) rather
+    than whole, so that the detector also learns the scale at which the tiles show plates and distractors.
+    """
+
+    def __init__(
+        self, batch_size: int, tile_size: int, tile_views: float = 0.0, max_distractors: int = MAX_DISTRACTORS
+    ) -> None:
         self.batch_size = batch_size
         self.tile_size = tile_size
+        self.tile_views = tile_views
+        self.max_distractors = max_distractors
         self.letterbox = DetectorViews(grid=1)
         sizes = np.array([s[2] for s in FRAME_SIZES], dtype=float)
         self.size_probabilities = sizes / sizes.sum()
@@ -62,16 +88,26 @@ class SceneTiles:
                 targets.append((index, 0, (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1))
         return tiles, torch.tensor(targets, dtype=torch.float32).reshape(-1, 6)
 
-    def _tile(self, rng: np.random.Generator) -> tuple[torch.Tensor, list[tuple[float, float, float, float]]]:
+    def _view(self, rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray, float, float]:
+        """A scene's whole or tile view letterboxed to the detector input, its plate boxes on that canvas, and the
+        canvas paddings (pad_x, pad_y)."""
         height, width, _ = FRAME_SIZES[rng.choice(len(FRAME_SIZES), p=self.size_probabilities)]
         num_plates = int(rng.choice(PLATES_PER_SCENE, p=PLATES_WEIGHTS))
-        scene = make_scene(rng, height, width, num_plates)
-        with torch.no_grad():
-            letterboxed = self.letterbox(torch.from_numpy(scene.image))[0]
-        scale, pad_x, pad_y = letterbox_transform(height, width)
+        scene = make_scene(rng, height, width, num_plates, self.max_distractors)
+        image = scene.image
         boxes = np.array([p.box_xyxy for p in scene.plates], dtype=np.float64).reshape(-1, 4)
-        boxes = boxes * scale + np.array([pad_x, pad_y, pad_x, pad_y])
+        if spec.TILE_GRID > 1 and rng.random() < self.tile_views:
+            tiles = view_windows(height, width, spec.TILE_GRID)[1:]
+            x0, y0, x1, y1 = (round(float(v)) for v in tiles[rng.integers(len(tiles))])
+            image = np.ascontiguousarray(image[y0:y1, x0:x1])
+            boxes = np.array(visible_boxes(boxes, (x0, y0, x1, y1)), dtype=np.float64).reshape(-1, 4)
+        with torch.no_grad():
+            letterboxed = self.letterbox(torch.from_numpy(image))[0]
+        scale, pad_x, pad_y = letterbox_transform(*image.shape[:2])
+        return letterboxed, boxes * scale + np.array([pad_x, pad_y, pad_x, pad_y]), pad_x, pad_y
 
+    def _tile(self, rng: np.random.Generator) -> tuple[torch.Tensor, list[tuple[float, float, float, float]]]:
+        letterboxed, boxes, pad_x, pad_y = self._view(rng)
         size, limit = self.tile_size, spec.DETECTOR_SIZE - self.tile_size
         if len(boxes) and rng.random() < 0.75:
             centre = boxes[rng.integers(len(boxes))]
@@ -83,15 +119,7 @@ class SceneTiles:
             top = rng.uniform(pad_y - size / 2, spec.DETECTOR_SIZE - pad_y - size / 2)
         left, top = int(np.clip(left, 0, limit)), int(np.clip(top, 0, limit))
         tile = letterboxed[:, top : top + size, left : left + size]
-
-        kept = []
-        for x1, y1, x2, y2 in boxes - np.array([left, top, left, top]):
-            cx1, cy1, cx2, cy2 = max(x1, 0.0), max(y1, 0.0), min(x2, size), min(y2, size)
-            if cx2 - cx1 < 2 or cy2 - cy1 < 2:
-                continue
-            if (cx2 - cx1) * (cy2 - cy1) >= MIN_VISIBLE_FRACTION * (x2 - x1) * (y2 - y1):
-                kept.append((cx1, cy1, cx2, cy2))
-        return tile, kept
+        return tile, visible_boxes(boxes, (left, top, left + size, top + size))
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -120,7 +148,8 @@ def train(args: argparse.Namespace) -> dict:
         state = load_training_checkpoint(checkpoint, {"detector": model}, optimizer)
         print(f"resumed from {checkpoint} at iteration {state.iteration}")
 
-    stream = training_batches(SceneTiles(args.batch_size, args.tile_size), args, device, state.iteration)
+    scenes = SceneTiles(args.batch_size, args.tile_size, args.tile_views, args.max_distractors)
+    stream = training_batches(scenes, args, device, state.iteration)
     schedule = Schedule(state, args.iterations, args.lr, args.warmup, args.time_budget)
     speed = Throughput()
     progress = tqdm(total=args.iterations, initial=state.iteration, desc="detector", dynamic_ncols=True)
@@ -173,6 +202,8 @@ def train(args: argparse.Namespace) -> dict:
         "training_seconds": round(state.seconds, 1),
         "batch_size": args.batch_size,
         "tile_size": args.tile_size,
+        "tile_views": args.tile_views,
+        "max_distractors": args.max_distractors,
         "final_losses": smoothed,
         "weights": str(args.output),
     }
@@ -184,6 +215,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = training_parser(__doc__, run_dir="runs/detector", iterations=2200, batch_size=16, weight_decay=5e-4)
     parser.add_argument("--scale", default="n", choices=["n", "s", "m", "l", "x"], help="YOLOv5 scale")
     parser.add_argument("--tile-size", type=int, default=320, help="square training tile cut from the 640 input")
+    parser.add_argument(
+        "--tile-views", type=float, default=0.0, metavar="SHARE",
+        help="share of scenes seen through one of the served tile views instead of whole",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-distractors", type=int, default=MAX_DISTRACTORS, help="plate-like non-plates per scene, 1 to this"
+    )
     parser.add_argument("--output", default=str(paths.default_weights("detector")), help="final weights")
     parser.add_argument("--init", help="start from these weights (e.g. the committed defaults) instead of at random")
     parser.add_argument("--save-every", type=int, default=50)
