@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from alpr.paths import shared_dir
-from alpr.synth import fonts
+from alpr.synth import fonts, scenes
 from alpr.synth.dataset import (
     iter_scenes,
     plate_box,
@@ -84,6 +84,28 @@ def test_scenes_are_deterministic() -> None:
     sequential = list(iter_scenes(3, 3, SMALL_SIZES))
     assert np.array_equal(sequential[2].image, scene_at(3, 2, SMALL_SIZES).image)
     assert np.array_equal(sequential[1].image, next(iter_scenes(3, 1, SMALL_SIZES, start=1)).image)
+
+
+def test_a_scene_without_camera_effects_is_the_frame_before_the_camera(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen, clean = scene_at(5, 4, SMALL_SIZES), scene_at(5, 4, SMALL_SIZES, camera=False)
+    assert [(p.box_xyxy, p.text) for p in seen.plates] == [(p.box_xyxy, p.text) for p in clean.plates]
+    assert not np.array_equal(seen.image, clean.image)
+    frames = []
+    monkeypatch.setattr(scenes, "_camera", lambda rng, image, **_: frames.append(image.copy()) or image)
+    scene_at(5, 4, SMALL_SIZES)
+    assert np.array_equal(frames[0], clean.image)
+
+
+def test_about_one_plate_in_twelve_is_flagged_as_partly_covered() -> None:
+    flags = [plate.occluded for scene in iter_scenes(12, 150, ((96, 128),), empty_share=0.0) for plate in scene.plates]
+    assert all(isinstance(flag, bool) for flag in flags)
+    assert 0.02 < np.mean(flags) < 0.16, np.mean(flags)
+
+
+def test_plate_samples_follow_the_requested_width_range() -> None:
+    widths = [np.ptp(s.corners[:, 0]) for s in plate_samples(np.random.default_rng(1), 12, widths=(40.0, 50.0))]
+    # The quad's extent is the frontal width turned by yaw and perspective: near it, never far above it.
+    assert min(widths) >= 0.6 * 40 and max(widths) <= 1.4 * 50
 
 
 def _boxes_intersect(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
@@ -164,7 +186,7 @@ def test_written_dataset_is_consistent_and_reproducible(tmp_path: Path) -> None:
         assert image.shape[:2] == (record["height"], record["width"])
         labels = _read_yolo(first / "labels" / (Path(record["file"]).stem + ".txt"))
         boxes = np.array(record["boxes_xyxy"]).reshape(-1, 4)
-        assert len(labels) == len(boxes) == len(record["texts"])
+        assert len(labels) == len(boxes) == len(record["texts"]) == len(record["occluded"])
         assert np.all((labels > 0) & (labels <= 1))
         w, h = record["width"], record["height"]
         expected = np.stack(

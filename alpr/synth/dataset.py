@@ -37,6 +37,7 @@ EMPTY_SCENE_SHARE = 0.1
 # characters are two or three pixels wide and no longer readable.
 MIN_PATCH_PLATE_WIDTH = 24.0
 MAX_PATCH_PLATE_WIDTH = 260.0
+PATCH_PLATE_WIDTHS = (MIN_PATCH_PLATE_WIDTH, MAX_PATCH_PLATE_WIDTH)
 
 # The held-out evaluation set: never train on this seed.
 HELDOUT_SEED = 31337
@@ -62,12 +63,16 @@ def scene_at(
     sizes: Sequence[tuple[int, int]] = MIXED_SIZES,
     max_plates: int = MAX_PLATES_PER_SCENE,
     empty_share: float = EMPTY_SCENE_SHARE,
+    camera: bool = True,
 ) -> Scene:
-    """Scene ``index`` of the data set ``seed``: a size from ``sizes`` (height, width), 0..``max_plates`` plates."""
+    """Scene ``index`` of the data set ``seed``: a size from ``sizes`` (height, width), 0..``max_plates`` plates.
+
+    ``camera=False``: the same scene without the camera effects (see ``make_scene``).
+    """
     rng = item_rng(seed, index)
     height, width = sizes[rng.integers(len(sizes))]
     num_plates = 0 if rng.random() < empty_share else int(rng.integers(1, max_plates + 1))
-    return make_scene(rng, height, width, num_plates)
+    return make_scene(rng, height, width, num_plates, camera=camera)
 
 
 def iter_scenes(
@@ -77,10 +82,11 @@ def iter_scenes(
     max_plates: int = MAX_PLATES_PER_SCENE,
     empty_share: float = EMPTY_SCENE_SHARE,
     start: int = 0,
+    camera: bool = True,
 ) -> Iterator[Scene]:
     """Scenes ``start .. start + count - 1`` of the data set ``seed``, always the same for the same arguments."""
     for index in range(start, start + count):
-        yield scene_at(seed, index, sizes, max_plates, empty_share)
+        yield scene_at(seed, index, sizes, max_plates, empty_share, camera)
 
 
 def iter_heldout() -> Iterator[Scene]:
@@ -88,18 +94,20 @@ def iter_heldout() -> Iterator[Scene]:
     return iter_scenes(HELDOUT_SEED, HELDOUT_COUNT, HELDOUT_SIZES)
 
 
-def random_plate_patch(rng: np.random.Generator) -> PlateSample:
-    """One recogniser patch with a plate ``MIN_PATCH_PLATE_WIDTH``..``MAX_PATCH_PLATE_WIDTH`` pixels wide."""
-    log_width = rng.uniform(math.log(MIN_PATCH_PLATE_WIDTH), math.log(MAX_PATCH_PLATE_WIDTH))
+def random_plate_patch(rng: np.random.Generator, widths: tuple[float, float] = PATCH_PLATE_WIDTHS) -> PlateSample:
+    """One recogniser patch with a plate ``widths[0]``..``widths[1]`` pixels wide (log-uniform)."""
+    log_width = rng.uniform(math.log(widths[0]), math.log(widths[1]))
     return make_plate_patch(rng, float(math.exp(log_width)))
 
 
-def plate_samples(rng: np.random.Generator, n: int) -> list[PlateSample]:
+def plate_samples(
+    rng: np.random.Generator, n: int, widths: tuple[float, float] = PATCH_PLATE_WIDTHS
+) -> list[PlateSample]:
     """``n`` plates (image, text, corners), each warped into a small context patch with the scenes' degradations.
 
     The trainer crops each patch with the serving geometry from the box of its corners (see ``plate_box``).
     """
-    return [random_plate_patch(rng) for _ in range(n)]
+    return [random_plate_patch(rng, widths) for _ in range(n)]
 
 
 def plate_box(corners: np.ndarray) -> tuple[float, float, float, float]:
@@ -152,6 +160,7 @@ def _write_scene(job: _Job) -> dict:
         "boxes_xyxy": [_rounded(np.array(plate.box_xyxy)) for plate in scene.plates],
         "corners": [_rounded(plate.corners) for plate in scene.plates],
         "texts": [plate.text for plate in scene.plates],
+        "occluded": [plate.occluded for plate in scene.plates],
     }
 
 

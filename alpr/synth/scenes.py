@@ -34,11 +34,13 @@ CAR_COLOURS_BGR = (
 
 @dataclass(frozen=True)
 class PlateInstance:
-    """One plate in a scene: its tight axis-aligned box, its quad (TL, TR, BR, BL in image pixels) and its text."""
+    """One plate in a scene: its tight axis-aligned box, its quad (TL, TR, BR, BL in image pixels), its text, and
+    whether something covers part of it (``MAX_OCCLUDED_FRACTION`` at most)."""
 
     box_xyxy: tuple[float, float, float, float]
     corners: np.ndarray
     text: str
+    occluded: bool = False
 
 
 class PlateSample(NamedTuple):
@@ -339,10 +341,11 @@ def _paste_plate(image: np.ndarray, plate: np.ndarray, quad: np.ndarray, blur_si
 
 def _occlude(
     rng: np.random.Generator, image: np.ndarray, quad: np.ndarray, keep_clear: Sequence[tuple[float, ...]]
-) -> None:
+) -> bool:
     """Hide a strip of at most ``MAX_OCCLUDED_FRACTION`` of the plate, entering from one side (poles, people, cars).
 
-    Nothing is drawn if the occluder would reach into one of the ``keep_clear`` boxes (the other plates).
+    Nothing is drawn (and False returned) if the occluder would reach into one of the ``keep_clear`` boxes (the other
+    plates).
     """
     fraction = rng.uniform(0.05, MAX_OCCLUDED_FRACTION)
     reach = rng.uniform(0.5, 3.0)  # how far the occluder extends beyond the plate, in plate sizes
@@ -362,8 +365,9 @@ def _occlude(
     points = cv2.perspectiveTransform(occluder, homography)[0]
     extent = (*points.min(axis=0).tolist(), *points.max(axis=0).tolist())
     if any(_boxes_overlap(extent, box, margin=1.0) for box in keep_clear):
-        return
+        return False
     cv2.fillConvexPoly(image, points.round().astype(np.int32), _uniform_colour(rng), cv2.LINE_AA)
+    return True
 
 
 def _draw_plate_holder(rng: np.random.Generator, image: np.ndarray, quad: np.ndarray) -> None:
@@ -447,12 +451,19 @@ def frame_scale(height: int, width: int) -> float:
 
 
 def make_scene(
-    rng: np.random.Generator, height: int, width: int, num_plates: int, max_distractors: int = MAX_DISTRACTORS
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    num_plates: int,
+    max_distractors: int = MAX_DISTRACTORS,
+    camera: bool = True,
 ) -> Scene:
     """A street-like BGR frame of ``height`` x ``width`` with up to ``num_plates`` non-overlapping plates.
 
     Fewer plates are placed only when the frame has no room left for another one without overlap. It shows 1 to
-    ``max_distractors`` plate-like things that are not plates (the held-out set uses the default).
+    ``max_distractors`` plate-like things that are not plates (the held-out set uses the default). ``camera=False``
+    leaves out the camera's lighting, blur, noise and JPEG compression, which come last: the same scene, as the
+    camera would have seen it with perfect optics and no compression.
     """
     scale = frame_scale(height, width)
     image = _background(rng, height, width)
@@ -486,10 +497,10 @@ def make_scene(
         _draw_car(rng, image, plate_quad(rng, mean_plate_width) + np.array([width / 2, height * 0.7], np.float32))
 
     plates = [
-        PlateInstance(box_xyxy=tuple(box), corners=quad, text=_draw_plate(rng, image, quad, boxes[:i] + boxes[i + 1 :]))
+        PlateInstance(tuple(box), quad, *_draw_plate(rng, image, quad, boxes[:i] + boxes[i + 1 :]))
         for i, (quad, box) in enumerate(zip(quads, boxes, strict=True))
     ]
-    return Scene(_camera(rng, image), plates)
+    return Scene(_camera(rng, image) if camera else image, plates)
 
 
 def make_plate_patch(
@@ -508,15 +519,16 @@ def make_plate_patch(
     width, height = (np.ceil(extent + 2 * pad).astype(int) + 1).tolist()
     image = _background(rng, height, width)
     _draw_car(rng, image, quad)
-    text = _draw_plate(rng, image, quad)
+    text, _ = _draw_plate(rng, image, quad)
     image = _camera(rng, image, max_motion=max(3, round(plate_width / 25)))
     return PlateSample(image, text, quad)
 
 
 def _draw_plate(
     rng: np.random.Generator, image: np.ndarray, quad: np.ndarray, other_plates: Sequence[tuple[float, ...]] = ()
-) -> str:
-    """Draw a random plate (sometimes in a holder, sometimes partly occluded) on ``quad``; returns its text.
+) -> tuple[str, bool]:
+    """Draw a random plate (sometimes in a holder, sometimes partly occluded) on ``quad``; returns its text and
+    whether an occluder was drawn over it.
 
     An occluder never reaches ``other_plates`` (their boxes): every label keeps at least 80 % of its plate visible.
     """
@@ -525,6 +537,5 @@ def _draw_plate(
         _draw_plate_holder(rng, image, quad)
     blur_sigma = rng.uniform(0.3, 1.2) if rng.random() < 0.2 else 0.0
     _paste_plate(image, plate, quad, blur_sigma)
-    if rng.random() < 0.08:
-        _occlude(rng, image, quad, other_plates)
-    return plate_text.text
+    occluded = bool(rng.random() < 0.08) and _occlude(rng, image, quad, other_plates)
+    return plate_text.text, occluded

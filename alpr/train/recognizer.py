@@ -20,7 +20,7 @@ from alpr import ctc, paths, vocab
 from alpr.geometry import crop_plates
 from alpr.metrics import edit_distance
 from alpr.models import STN, LPRNet, load_lprnet, load_stn, save_checkpoint
-from alpr.synth.dataset import plate_samples
+from alpr.synth.dataset import PATCH_PLATE_WIDTHS, plate_samples
 from alpr.train.common import (
     Schedule,
     Throughput,
@@ -48,14 +48,21 @@ def jittered_box(corners: np.ndarray, rng: np.random.Generator, jitter: float) -
 class PlateCrops:
     """Batches of normalised 3x24x94 crops with CTC targets."""
 
-    def __init__(self, batch_size: int, jitter: float = BOX_JITTER, crops_per_plate: int = 1) -> None:
+    def __init__(
+        self,
+        batch_size: int,
+        jitter: float = BOX_JITTER,
+        crops_per_plate: int = 1,
+        widths: tuple[float, float] = PATCH_PLATE_WIDTHS,
+    ) -> None:
         self.batch_size = batch_size
         self.jitter = jitter
         self.crops_per_plate = crops_per_plate
+        self.widths = widths
 
     def __call__(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # Rendering dominates the cost, so a plate may serve several differently jittered crops of one batch.
-        samples = plate_samples(rng, self.batch_size // self.crops_per_plate) * self.crops_per_plate
+        samples = plate_samples(rng, self.batch_size // self.crops_per_plate, self.widths) * self.crops_per_plate
         crops = torch.cat(
             [crop_plates(sample.image, jittered_box(sample.corners, rng, self.jitter)[None]) for sample in samples]
         )
@@ -117,7 +124,10 @@ def train(args: argparse.Namespace) -> dict:
     validation_rng = np.random.default_rng(args.seed + 10_000_000)
     validation = [PlateCrops(128, jitter=BOX_JITTER / 2)(validation_rng) for _ in range(args.validation_batches)]
     stream = training_batches(
-        PlateCrops(args.batch_size, crops_per_plate=args.crops_per_plate), args, device, state.iteration
+        PlateCrops(args.batch_size, crops_per_plate=args.crops_per_plate, widths=tuple(args.plate_widths)),
+        args,
+        device,
+        state.iteration,
     )
 
     def validate() -> dict:
@@ -170,6 +180,7 @@ def train(args: argparse.Namespace) -> dict:
         "fresh_batches": state.fresh_batches,
         "training_seconds": round(state.seconds, 1),
         "batch_size": args.batch_size,
+        "plate_widths": list(args.plate_widths),
         "final_loss": smoothed_loss,
         "validation": metrics,
         "weights": [args.stn_output, args.lprnet_output],
@@ -181,6 +192,14 @@ def train(args: argparse.Namespace) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = training_parser(__doc__, run_dir="runs/recogniser", iterations=2800, batch_size=32, weight_decay=1e-4)
     parser.add_argument("--crops-per-plate", type=int, default=2, help="jittered crops cut from each rendered plate")
+    parser.add_argument(
+        "--plate-widths",
+        nargs=2,
+        type=float,
+        default=list(PATCH_PLATE_WIDTHS),
+        metavar=("MIN", "MAX"),
+        help="training plates are MIN..MAX px wide, log-uniform (validation keeps the default range)",
+    )
     parser.add_argument("--validation-batches", type=int, default=4, help="fixed batches of 128 for validation")
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--stn-output", default=str(paths.default_weights("stn")))
