@@ -140,7 +140,7 @@ async def run(args: argparse.Namespace) -> int:
         plates, error = None, item.error
         if task is not None:
             try:
-                plates = await task
+                plates = [plate for plate in await task if plate.text_score >= args.min_text_score]
             except Exception as exc:  # the server's or the client's message goes into the JSON line
                 error = str(exc)
         if error is not None:
@@ -183,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="send images through system or CUDA shared memory (only with a server on this host; default none)",
     )
     parser.add_argument("--video-stride", type=int, default=1, help="recognise every S-th frame of videos")
+    parser.add_argument(
+        "--min-text-score",
+        type=float,
+        default=0.0,
+        help="leave out plates read with a lower text score (0..1; the README lists what each floor keeps)",
+    )
     parser.add_argument("--annotate-dir", type=Path, help="write copies with boxes and texts drawn here")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -192,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.concurrency < 1 or args.video_stride < 1:
         print("lpr: --concurrency and --video-stride must be at least 1", file=sys.stderr)
+        return 2
+    if not 0.0 <= args.min_text_score <= 1.0:
+        print("lpr: --min-text-score must lie in [0, 1]", file=sys.stderr)
         return 2
     try:
         return asyncio.run(run(args))

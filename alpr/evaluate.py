@@ -20,9 +20,9 @@ from tqdm import tqdm
 
 from alpr import paths, spec
 from alpr.metrics import DetectionTally, box_iou, edit_distance
-from alpr.pipeline import TorchPipeline
+from alpr.pipeline import PlateReadings, TorchPipeline
 from alpr.synth.dataset import HELDOUT_COUNT, HELDOUT_SEED, HELDOUT_SIZES, iter_scenes
-from alpr.synth.scenes import Scene
+from alpr.synth.scenes import PlateInstance, Scene
 
 # Plate widths (source pixels) at which the report breaks recall and reading down: how far away a plate can be read.
 WIDTH_BINS = ((0, 40), (40, 80), (80, 10_000))
@@ -36,6 +36,26 @@ def width_bin(box: tuple[float, float, float, float]) -> str:
     """The report's name of the width range a box falls in."""
     width = box[2] - box[0]
     return next(width_range_name(low, high) for low, high in WIDTH_BINS if low <= width < high)
+
+
+# Groups of true plates that the report breaks reading down by. A legible plate is at least LEGIBLE_MIN_WIDTH wide
+# and not partly covered: narrower plates stay unreadable even without the camera effects (see the report).
+ALL_PLATES = "all plates"
+LEGIBLE_PLATES = "legible plates"
+PARTLY_COVERED_PLATES = "partly covered plates"
+LEGIBLE_MIN_WIDTH = 40
+PLATE_GROUPS = (ALL_PLATES, *(width_range_name(low, high) for low, high in WIDTH_BINS), LEGIBLE_PLATES,
+                PARTLY_COVERED_PLATES)  # fmt: skip
+
+
+def plate_groups(plate: PlateInstance) -> list[str]:
+    """The groups a true plate counts in: all plates, its width range, and legible or partly covered (or neither)."""
+    groups = [ALL_PLATES, width_bin(plate.box_xyxy)]
+    if plate.occluded:
+        groups.append(PARTLY_COVERED_PLATES)
+    elif plate.box_xyxy[2] - plate.box_xyxy[0] >= LEGIBLE_MIN_WIDTH:
+        groups.append(LEGIBLE_PLATES)
+    return groups
 
 
 class ReadingTally:
@@ -60,46 +80,88 @@ class ReadingTally:
         }
 
 
-def _width_tallies() -> dict[str, ReadingTally]:
-    return {width_range_name(low, high): ReadingTally() for low, high in WIDTH_BINS}
+# Text-score floors at which the report counts what a client that drops less confident answers keeps.
+TEXT_SCORE_FLOORS = (0.0, 0.001, 0.01, 0.1, 0.3, 0.5, 0.9)
 
 
-def _read_true_boxes(
-    pipeline: TorchPipeline, scene: Scene, overall: ReadingTally, by_width: dict[str, ReadingTally]
-) -> None:
+class AnswerTally:
+    """The plates the service answers, each with its text score and whether it is a true plate read exactly."""
+
+    def __init__(self) -> None:
+        self.text_scores: list[float] = []
+        self.correct: list[bool] = []
+        self.plates = 0
+
+    def add(self, readings: PlateReadings, matched: np.ndarray, scene: Scene) -> None:
+        """Count one image: ``matched`` is the answer index of each true plate (-1 when missed)."""
+        correct = np.zeros(len(readings), dtype=bool)
+        for plate, answer in zip(scene.plates, matched, strict=True):
+            if answer >= 0:
+                correct[answer] = readings.texts[answer] == plate.text
+        self.text_scores.extend(readings.text_scores.tolist())
+        self.correct.extend(correct.tolist())
+        self.plates += len(scene.plates)
+
+    def at_floors(self, floors: tuple[float, ...] = TEXT_SCORE_FLOORS) -> list[dict[str, float]]:
+        """For each floor: answers kept (text score at least the floor), the share of them that are a true plate read
+        exactly, and the share of all true plates so read."""
+        scores, correct = np.array(self.text_scores), np.array(self.correct, dtype=bool)
+        rows = []
+        for floor in floors:
+            kept = scores >= floor
+            right = int(np.sum(correct & kept))
+            rows.append(
+                {
+                    "min_text_score": floor,
+                    "answers": int(kept.sum()),
+                    "read_exactly": right,
+                    "answers_read_exactly": right / max(1, int(kept.sum())),
+                    "plates_read_exactly": right / max(1, self.plates),
+                }
+            )
+        return rows
+
+
+class GroupedReadings:
+    """A ``ReadingTally`` for each of the ``PLATE_GROUPS``."""
+
+    def __init__(self) -> None:
+        self.tallies = {group: ReadingTally() for group in PLATE_GROUPS}
+
+    def add(self, plate: PlateInstance, read: str, found: bool = True) -> None:
+        for group in plate_groups(plate):
+            self.tallies[group].add(read, plate.text, found)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {group: tally.summary() for group, tally in self.tallies.items()}
+
+
+def _read_true_boxes(pipeline: TorchPipeline, scene: Scene, tally: GroupedReadings) -> None:
     """Tally what the recogniser alone reads on the true boxes of ``scene``'s plates."""
     if not scene.plates:
         return
     texts, _ = pipeline.read_boxes(scene.image, _true_boxes(scene))
     for plate, text in zip(scene.plates, texts, strict=True):
-        overall.add(text, plate.text)
-        by_width[width_bin(plate.box_xyxy)].add(text, plate.text)
+        tally.add(plate, text)
 
 
 def _true_boxes(scene: Scene) -> np.ndarray:
     return np.array([plate.box_xyxy for plate in scene.plates], dtype=np.float64).reshape(-1, 4)
 
 
-def _summaries(tallies: dict[str, ReadingTally]) -> dict[str, dict[str, float]]:
-    return {name: tally.summary() for name, tally in tallies.items()}
-
-
 def evaluate_heldout(pipeline: TorchPipeline, count: int) -> dict:
     """Detector, end-to-end and recogniser-only metrics on the first ``count`` held-out scenes."""
     detection = DetectionTally()
-    end_to_end, recogniser, partly_covered = ReadingTally(), ReadingTally(), ReadingTally()
-    by_width, recogniser_by_width = _width_tallies(), _width_tallies()
+    end_to_end, recogniser = GroupedReadings(), GroupedReadings()
+    answers = AnswerTally()
     empty_scenes = empty_scenes_clean = 0
     for scene in tqdm(iter_scenes(HELDOUT_SEED, count, HELDOUT_SIZES), total=count, desc="held-out"):
         readings = pipeline(scene.image)
         matched = detection.add(readings.boxes, readings.det_scores, _true_boxes(scene))
+        answers.add(readings, matched, scene)
         for plate, prediction in zip(scene.plates, matched, strict=True):
-            read = readings.texts[prediction] if prediction >= 0 else ""
-            end_to_end.add(read, plate.text, prediction >= 0)
-            by_width[width_bin(plate.box_xyxy)].add(read, plate.text, prediction >= 0)
-            if plate.occluded:
-                partly_covered.add(read, plate.text, prediction >= 0)
-        _read_true_boxes(pipeline, scene, recogniser, recogniser_by_width)
+            end_to_end.add(plate, readings.texts[prediction] if prediction >= 0 else "", prediction >= 0)
+        _read_true_boxes(pipeline, scene, recogniser)
         if not scene.plates:
             empty_scenes += 1
             empty_scenes_clean += len(readings) == 0
@@ -108,10 +170,8 @@ def evaluate_heldout(pipeline: TorchPipeline, count: int) -> dict:
         "seed": HELDOUT_SEED,
         "detector": detection.summary(),
         "end_to_end": end_to_end.summary(),
-        "end_to_end_by_plate_width": _summaries(by_width),
-        "end_to_end_partly_covered": partly_covered.summary(),
         "recogniser_on_true_boxes": recogniser.summary(),
-        "recogniser_on_true_boxes_by_plate_width": _summaries(recogniser_by_width),
+        "answers_by_min_text_score": answers.at_floors(),
         "empty_scenes": {"scenes": empty_scenes, "answered_no_plate": empty_scenes_clean},
     }
 
@@ -122,10 +182,10 @@ def evaluate_without_camera(pipeline: TorchPipeline, count: int) -> dict:
     Lighting, blur, noise and JPEG compression are the last step of drawing a scene, so the plates, their sizes and
     the rest of the scene are unchanged: the difference to ``recogniser_on_true_boxes`` is what those effects cost.
     """
-    recogniser, by_width = ReadingTally(), _width_tallies()
+    recogniser = GroupedReadings()
     for scene in tqdm(iter_scenes(HELDOUT_SEED, count, HELDOUT_SIZES, camera=False), total=count, desc="no camera"):
-        _read_true_boxes(pipeline, scene, recogniser, by_width)
-    return {"recogniser_on_true_boxes": recogniser.summary(), "by_plate_width": _summaries(by_width)}
+        _read_true_boxes(pipeline, scene, recogniser)
+    return {"recogniser_on_true_boxes": recogniser.summary()}
 
 
 def evaluate_real(pipeline: TorchPipeline, published: TorchPipeline | None, real_dir: Path) -> dict | None:
@@ -172,7 +232,8 @@ def evaluate_real(pipeline: TorchPipeline, published: TorchPipeline | None, real
 def markdown(report: dict) -> str:
     """A short human-readable summary of the report."""
     held = report["heldout"]
-    det, e2e, rec = held["detector"], held["end_to_end"], held["recogniser_on_true_boxes"]
+    det = held["detector"]
+    e2e, rec = held["end_to_end"][ALL_PLATES], held["recogniser_on_true_boxes"][ALL_PLATES]
     lines = [
         f"Held-out synthetic set: {held['scenes']} scenes (seed {held['seed']}), {det['plates']} plates",
         "",
@@ -188,39 +249,43 @@ def markdown(report: dict) -> str:
         f"| empty scenes answered with no plate | {held['empty_scenes']['answered_no_plate']}"
         f" / {held['empty_scenes']['scenes']} |",
     ]
-    covered = held.get("end_to_end_partly_covered")
-    if covered:
-        lines.append(
-            f"| plates partly covered by an occluder | {covered['plates']}, read exactly end to end:"
-            f" {covered['exact_match']:.3f} |"
-        )
     lines += [
         "",
-        "End to end by plate width (source pixels):",
+        f"End to end by plate group (widths in source pixels; legible: at least {LEGIBLE_MIN_WIDTH} px wide and not"
+        " partly covered):",
         "",
-        "| width | plates | recall | exact match | CER |",
+        "| plates | count | recall | exact match | CER |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for name, row in held["end_to_end_by_plate_width"].items():
+    for name, row in held["end_to_end"].items():
         lines.append(
             f"| {name} | {row['plates']} | {row['recall']:.3f} | {row['exact_match']:.3f} | {row['cer']:.3f} |"
         )
+    if "answers_by_min_text_score" in held:
+        lines += [
+            "",
+            "Answers a client keeps when it drops those with a lower text score:",
+            "",
+            "| min text score | answers | of them, true plates read exactly | of all plates, read exactly |",
+            "| --- | --- | --- | --- |",
+        ]
+        for row in held["answers_by_min_text_score"]:
+            lines.append(
+                f"| {row['min_text_score']:g} | {row['answers']} | {row['answers_read_exactly']:.3f} "
+                f"| {row['plates_read_exactly']:.3f} |"
+            )
     clean = report.get("heldout_without_camera_effects")
     if clean:
         lines += [
             "",
-            "Recogniser alone on the true boxes, by plate width: the held-out scenes as the camera saw them, and the"
-            " same scenes without its lighting, blur, noise and JPEG compression:",
+            "Recogniser alone on the true boxes: the held-out scenes as the camera saw them, and the same scenes"
+            " without its lighting, blur, noise and JPEG compression:",
             "",
-            "| width | plates | exact match | exact match without camera effects | CER | CER without |",
+            "| plates | count | exact match | exact match without camera effects | CER | CER without |",
             "| --- | --- | --- | --- | --- | --- |",
         ]
-        rows = [("all", held["recogniser_on_true_boxes"], clean["recogniser_on_true_boxes"])]
-        rows += [
-            (name, row, clean["by_plate_width"][name])
-            for name, row in held["recogniser_on_true_boxes_by_plate_width"].items()
-        ]
-        for name, row, without in rows:
+        for name, row in held["recogniser_on_true_boxes"].items():
+            without = clean["recogniser_on_true_boxes"][name]
             lines.append(
                 f"| {name} | {row['plates']} | {row['exact_match']:.3f} | {without['exact_match']:.3f} "
                 f"| {row['cer']:.3f} | {without['cer']:.3f} |"

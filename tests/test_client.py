@@ -13,6 +13,7 @@ from alpr import spec
 from alpr.cli import expand_sources
 from alpr.cli import main as lpr
 from alpr.client import AsyncPlateRecognizer, Plate, PlateRecognizer, prepare_image
+from alpr.synth.dataset import HELDOUT_SEED, HELDOUT_SIZES, iter_scenes
 
 # Nothing listens here: calls that validate locally must fail before any connection is tried.
 UNREACHABLE_URL = "127.0.0.1:9"
@@ -159,3 +160,24 @@ def test_lpr_prints_one_json_line_per_image_and_frame(served_pipeline, test_imag
         "clip_000004.jpg",
         "grey.jpg",
     ]
+
+
+def test_lpr_refuses_a_text_score_floor_outside_zero_to_one(tmp_path, capsys) -> None:
+    assert lpr([str(tmp_path), "--url", UNREACHABLE_URL, "--min-text-score", "1.5"]) == 2
+    assert "--min-text-score" in capsys.readouterr().err
+
+
+@pytest.mark.server
+def test_lpr_leaves_out_plates_below_the_text_score_floor(served_pipeline, tmp_path, capsys) -> None:
+    scene = next(s for s in iter_scenes(HELDOUT_SEED, 40, HELDOUT_SIZES) if len(s.plates) >= 3)
+    cv2.imwrite(str(tmp_path / "scene.png"), scene.image)
+    with PlateRecognizer(served_pipeline.grpc_url) as recognizer:
+        answered = recognizer.recognize(scene.image)
+    scores = sorted(plate.text_score for plate in answered)
+    assert len(set(scores)) >= 2, "the scene should give plates with different text scores"
+    floor = scores[len(scores) // 2]  # keeps the upper half, drops at least the lowest plate
+
+    assert lpr([str(tmp_path / "scene.png"), "--url", served_pipeline.grpc_url, "--min-text-score", str(floor)]) == 0
+    kept = json.loads(capsys.readouterr().out)["plates"]
+    assert [p["text"] for p in kept] == [p.text for p in answered if p.text_score >= floor]
+    assert 0 < len(kept) < len(answered)

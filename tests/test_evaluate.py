@@ -10,13 +10,33 @@ import pytest
 from conftest import committed_weights_present
 
 from alpr import paths
-from alpr.evaluate import ReadingTally, evaluate_heldout, evaluate_real, evaluate_without_camera, width_bin
-from alpr.pipeline import TorchPipeline
+from alpr.evaluate import (
+    AnswerTally,
+    ReadingTally,
+    evaluate_heldout,
+    evaluate_real,
+    evaluate_without_camera,
+    plate_groups,
+    width_bin,
+)
+from alpr.pipeline import PlateReadings, TorchPipeline
 from alpr.synth.dataset import HELDOUT_COUNT
+from alpr.synth.scenes import PlateInstance, Scene
 
 # Same weights, same seeded scenes: only float rounding on another CPU may flip a borderline plate (1/671 = 0.0015).
 README_TOLERANCE = 0.005
-README_COLUMNS = {"all plates": None, "plates 40-80 px wide": "40-80 px", "plates 80+ px wide": "80+ px"}
+README_ANSWERS_TABLE = "| lowest text score kept"
+README_ANSWER_ROWS = {
+    "answers_read_exactly": "of them, true plates read exactly",
+    "plates_read_exactly": "of all plates, read exactly",
+}
+# README column -> plate group of the report.
+README_COLUMNS = {
+    "all plates": "all plates",
+    "plates 40-80 px wide": "40-80 px",
+    "plates 80+ px wide": "80+ px",
+    "legible plates": "legible plates",
+}
 
 
 def test_a_missed_plate_counts_as_read_wrong_in_every_character() -> None:
@@ -30,6 +50,39 @@ def test_a_missed_plate_counts_as_read_wrong_in_every_character() -> None:
     assert summary["cer"] == pytest.approx((0 + 9 + 1) / (8 + 9 + 8))
 
 
+def test_answers_kept_above_a_text_score_floor_count_only_true_plates_read_exactly() -> None:
+    corners = np.zeros((4, 2), np.float32)
+    scene = Scene(
+        np.zeros((8, 8, 3), np.uint8),
+        [PlateInstance((0, 0, 10, 10), corners, "A123BC77"), PlateInstance((20, 20, 30, 30), corners, "K456MH199")],
+    )
+    readings = PlateReadings(
+        boxes=np.zeros((3, 4), np.float32),
+        det_scores=np.ones(3, np.float32),
+        texts=["A123BC77", "K456MH190", "A123BC77"],  # right, misread, and a false box that reads a true text
+        text_scores=np.array([0.9, 0.5, 0.01], np.float32),
+    )
+    tally = AnswerTally()
+    tally.add(readings, np.array([0, 1]), scene)
+    rows = tally.at_floors((0.0, 0.1, 0.6, 0.95))
+    assert [row["answers"] for row in rows] == [3, 2, 1, 0]
+    assert [row["read_exactly"] for row in rows] == [1, 1, 1, 0]
+    assert [row["answers_read_exactly"] for row in rows] == pytest.approx([1 / 3, 1 / 2, 1.0, 0.0])
+    assert [row["plates_read_exactly"] for row in rows] == pytest.approx([0.5, 0.5, 0.5, 0.0])
+
+
+def test_a_plate_counts_as_legible_only_when_wide_enough_and_uncovered() -> None:
+    corners = np.zeros((4, 2), np.float32)
+    assert plate_groups(PlateInstance((0, 0, 39.9, 9), corners, "A123BC77")) == ["all plates", "0-40 px"]
+    assert plate_groups(PlateInstance((0, 0, 40, 9), corners, "A123BC77")) == [
+        "all plates",
+        "40-80 px",
+        "legible plates",
+    ]
+    covered = PlateInstance((0, 0, 90, 20), corners, "A123BC77", occluded=True)
+    assert plate_groups(covered) == ["all plates", "80+ px", "partly covered plates"]
+
+
 def test_plate_widths_fall_in_one_named_bin() -> None:
     assert width_bin((10.0, 0.0, 49.9, 10.0)) == "0-40 px"
     assert width_bin((0.0, 0.0, 40.0, 10.0)) == "40-80 px"
@@ -40,10 +93,10 @@ def test_real_photos_are_skipped_cleanly_where_absent(tmp_path: Path) -> None:
     assert evaluate_real(None, None, tmp_path / "missing") is None  # type: ignore[arg-type]
 
 
-def readme_accuracy_table() -> dict[str, dict[str, float]]:
-    """The "What it does today" table of the README: row label -> column header -> value."""
+def readme_table(header_start: str) -> dict[str, dict[str, float]]:
+    """The README table whose header row starts with ``header_start``: row label -> column header -> value."""
     lines = (paths.repo_root() / "README.md").read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| | all plates"))
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
     headers = [cell.strip() for cell in lines[start].strip("|").split("|")][1:]
     table = {}
     for line in lines[start + 2 :]:
@@ -52,6 +105,11 @@ def readme_accuracy_table() -> dict[str, dict[str, float]]:
         label, *values = (cell.strip() for cell in line.strip("|").split("|"))
         table[label] = dict(zip(headers, (float(value) for value in values), strict=True))
     return table
+
+
+def readme_accuracy_table() -> dict[str, dict[str, float]]:
+    """The "What it does today" table of the README."""
+    return readme_table("| | all plates")
 
 
 def readme_detector_summary() -> dict[str, float]:
@@ -67,26 +125,19 @@ def test_make_eval_reproduces_the_accuracy_the_readme_states() -> None:
     pipeline = TorchPipeline.from_weights(**weights)
     report = evaluate_heldout(pipeline, HELDOUT_COUNT)
     without_camera = evaluate_without_camera(pipeline, HELDOUT_COUNT)
-    rows = {  # README row -> (overall summary, summaries by width, metric)
-        "detector recall (IoU 0.5)": (report["end_to_end"], report["end_to_end_by_plate_width"], "recall"),
-        "plate read exactly, end to end": (report["end_to_end"], report["end_to_end_by_plate_width"], "exact_match"),
-        "character error rate, end to end": (report["end_to_end"], report["end_to_end_by_plate_width"], "cer"),
-        "read exactly by the recogniser alone, on the true boxes": (
-            report["recogniser_on_true_boxes"],
-            report["recogniser_on_true_boxes_by_plate_width"],
-            "exact_match",
-        ),
+    rows = {  # README row -> the report's summaries by plate group, and the metric
+        "detector recall (IoU 0.5)": (report["end_to_end"], "recall"),
+        "plate read exactly, end to end": (report["end_to_end"], "exact_match"),
+        "character error rate, end to end": (report["end_to_end"], "cer"),
+        "read exactly by the recogniser alone, on the true boxes": (report["recogniser_on_true_boxes"], "exact_match"),
         "the same, on the same scenes without the camera effects": (
             without_camera["recogniser_on_true_boxes"],
-            without_camera["by_plate_width"],
             "exact_match",
         ),
     }
     measured = {
-        label: {
-            column: (overall if width is None else by_width[width])[metric] for column, width in README_COLUMNS.items()
-        }
-        for label, (overall, by_width, metric) in rows.items()
+        label: {column: groups[group][metric] for column, group in README_COLUMNS.items()}
+        for label, (groups, metric) in rows.items()
     }
     stated = readme_accuracy_table()
     for label, columns in measured.items():
@@ -94,4 +145,10 @@ def test_make_eval_reproduces_the_accuracy_the_readme_states() -> None:
             assert stated[label][column] == pytest.approx(value, abs=README_TOLERANCE), (label, column)
     for key, value in readme_detector_summary().items():
         assert value == pytest.approx(report["detector"][key], abs=README_TOLERANCE), key
-    assert np.isfinite(report["recogniser_on_true_boxes"]["cer"])
+    answers = readme_table(README_ANSWERS_TABLE)
+    for row in report["answers_by_min_text_score"]:
+        column = f"{row['min_text_score']:g}"
+        assert answers["answers"][column] == pytest.approx(row["answers"], abs=2), column
+        for key, label in README_ANSWER_ROWS.items():
+            assert answers[label][column] == pytest.approx(row[key], abs=README_TOLERANCE), (label, column)
+    assert np.isfinite(report["recogniser_on_true_boxes"]["all plates"]["cer"])
