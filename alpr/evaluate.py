@@ -261,35 +261,33 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {name} | {row['plates']} | {row['recall']:.3f} | {row['exact_match']:.3f} | {row['cer']:.3f} |"
         )
-    if "answers_by_min_text_score" in held:
-        lines += [
-            "",
-            "Answers a client keeps when it drops those with a lower text score:",
-            "",
-            "| min text score | answers | of them, true plates read exactly | of all plates, read exactly |",
-            "| --- | --- | --- | --- |",
-        ]
-        for row in held["answers_by_min_text_score"]:
-            lines.append(
-                f"| {row['min_text_score']:g} | {row['answers']} | {row['answers_read_exactly']:.3f} "
-                f"| {row['plates_read_exactly']:.3f} |"
-            )
-    clean = report.get("heldout_without_camera_effects")
-    if clean:
-        lines += [
-            "",
-            "Recogniser alone on the true boxes: the held-out scenes as the camera saw them, and the same scenes"
-            " without its lighting, blur, noise and JPEG compression:",
-            "",
-            "| plates | count | exact match | exact match without camera effects | CER | CER without |",
-            "| --- | --- | --- | --- | --- | --- |",
-        ]
-        for name, row in held["recogniser_on_true_boxes"].items():
-            without = clean["recogniser_on_true_boxes"][name]
-            lines.append(
-                f"| {name} | {row['plates']} | {row['exact_match']:.3f} | {without['exact_match']:.3f} "
-                f"| {row['cer']:.3f} | {without['cer']:.3f} |"
-            )
+    lines += [
+        "",
+        "Answers a client keeps when it drops those with a lower text score:",
+        "",
+        "| min text score | answers | of them, true plates read exactly | of all plates, read exactly |",
+        "| --- | --- | --- | --- |",
+    ]
+    for row in held["answers_by_min_text_score"]:
+        lines.append(
+            f"| {row['min_text_score']:g} | {row['answers']} | {row['answers_read_exactly']:.3f} "
+            f"| {row['plates_read_exactly']:.3f} |"
+        )
+    clean = report["heldout_without_camera_effects"]
+    lines += [
+        "",
+        "Recogniser alone on the true boxes: the held-out scenes as the camera saw them, and the same scenes"
+        " without its lighting, blur, noise and JPEG compression:",
+        "",
+        "| plates | count | exact match | exact match without camera effects | CER | CER without |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, row in held["recogniser_on_true_boxes"].items():
+        without = clean["recogniser_on_true_boxes"][name]
+        lines.append(
+            f"| {name} | {row['plates']} | {row['exact_match']:.3f} | {without['exact_match']:.3f} "
+            f"| {row['cer']:.3f} | {without['cer']:.3f} |"
+        )
     if report.get("real"):
         lines += ["", "Real photos:", ""]
         for name, entry in report["real"].items():

@@ -35,9 +35,7 @@ MAX_PLATES_PER_SCENE = 4
 EMPTY_SCENE_SHARE = 0.1
 # Recogniser patches: frontal plate width in pixels, log-uniform like the scenes' plates. Below about 24 px the
 # characters are two or three pixels wide and no longer readable.
-MIN_PATCH_PLATE_WIDTH = 24.0
-MAX_PATCH_PLATE_WIDTH = 260.0
-PATCH_PLATE_WIDTHS = (MIN_PATCH_PLATE_WIDTH, MAX_PATCH_PLATE_WIDTH)
+PATCH_PLATE_WIDTHS = (24.0, 260.0)
 
 # The held-out evaluation set: never train on this seed.
 HELDOUT_SEED = 31337
