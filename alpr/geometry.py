@@ -258,6 +258,22 @@ def suppress_across_views(boxes: Tensor, scores: Tensor, max_plates: int) -> tup
     return count, boxes.index_select(0, top), top_scores
 
 
+def merged_plates(
+    num_dets: Tensor,
+    det_boxes: Tensor,
+    det_scores: Tensor,
+    height: Tensor,
+    width: Tensor,
+    grid: int = spec.TILE_GRID,
+    thresholds: tuple[float, float] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The image's plates from its views' detections: ``merge_views`` then ``suppress_across_views``, keeping at
+    most K, as many as one view may hold. Returns the count, boxes ``[K, 4]`` (original pixels) and scores ``[K]``,
+    best first."""
+    boxes, scores = merge_views(num_dets, det_boxes, det_scores, height, width, grid, thresholds)
+    return suppress_across_views(boxes, scores, det_scores.shape[1])
+
+
 class PlateCropper(nn.Module):
     """The ``crop`` step: the views' detections -> recogniser crops, boxes and scores of the image.
 
@@ -275,8 +291,7 @@ class PlateCropper(nn.Module):
     def forward(self, image: Tensor, num_dets: Tensor, det_boxes: Tensor, det_scores: Tensor) -> tuple[Tensor, ...]:
         pixels = _as_float(image)
         height, width = image_size(pixels)
-        boxes, scores = merge_views(num_dets, det_boxes, det_scores, height, width, self.grid)
-        count, boxes, scores = suppress_across_views(boxes, scores, det_scores.shape[1])
+        count, boxes, scores = merged_plates(num_dets, det_boxes, det_scores, height, width, self.grid)
         rows = torch.arange(torch.clamp(count, min=1), dtype=torch.int64, device=image.device)
         valid = rows < count
         limits = torch.stack([width, height, width, height]).to(torch.float32)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from alpr import paths, spec
 from alpr.detector_graph import DetectorWithNMS
 from alpr.evaluate import save_report
-from alpr.geometry import DetectorViews, merge_views, suppress_across_views
+from alpr.geometry import DetectorViews, merged_plates
 from alpr.metrics import DetectionTally
 from alpr.models import load_detector
 from alpr.synth.dataset import HELDOUT_SEED, MIXED_SIZES, iter_scenes
@@ -66,10 +66,9 @@ def precision_recall(
     views = spec.detector_views(tile_grid)
     for d in detections:
         height, width = torch.tensor(d.height), torch.tensor(d.width)
-        boxes, scores = merge_views(
+        count, boxes, scores = merged_plates(
             d.num_dets[:views], d.det_boxes[:views], d.det_scores[:views], height, width, tile_grid, thresholds
         )
-        count, boxes, scores = suppress_across_views(boxes, scores, d.det_scores.shape[1])
         tally.add(boxes[:count].numpy(), scores[:count].numpy(), d.truth)
     return tally.summary()
 
