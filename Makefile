@@ -41,7 +41,7 @@ STAMP := $(VENV)/.installed
 WEIGHT_FLAGS = $(if $(DETECTOR_WEIGHTS),--detector-weights $(DETECTOR_WEIGHTS)) \
 	$(if $(LPRNET_WEIGHTS),--lprnet-weights $(LPRNET_WEIGHTS)) $(if $(STN_WEIGHTS),--stn-weights $(STN_WEIGHTS))
 
-.PHONY: help install data train train-detector train-recogniser train-gpu eval thresholds onnx engines serve serve-cpu serve-gpu demo test lint \
+.PHONY: help install data train train-detector train-recogniser recogniser-weights train-gpu eval thresholds onnx engines serve serve-cpu serve-gpu demo test lint \
 	bench analyze clean
 
 help: ## list the targets and their settings
@@ -67,13 +67,16 @@ data: $(STAMP) $(IMAGES)/annotations.json ## write the held-out synthetic evalua
 $(IMAGES)/annotations.json: | $(STAMP)
 	$(PY) -m alpr.synth.dataset --out $(IMAGES) --scenes 6 --sizes mixed --seed 2024
 
-train: train-recogniser train-detector ## train the default weights (alpr/weights/) on synthetic data; resumable
+train: train-recogniser train-detector ## train both networks from scratch on synthetic data (not the defaults); resumable
 
-train-detector: $(STAMP) ## train the YOLOv5n plate detector (add ARGS="--resume" to continue)
+train-detector: $(STAMP) ## train the YOLOv5n plate detector (DETECTOR_ARGS="--real-share 0.7" adds real photos; ARGS="--resume")
 	$(PY) -m alpr.train.detector $(ARGS) $(DETECTOR_ARGS)
 
-train-recogniser: $(STAMP) ## train STN + LPRNet with CTC (add ARGS="--resume" to continue)
+train-recogniser: $(STAMP) ## train STN + LPRNet with CTC on synthetic plates (add ARGS="--resume" to continue)
 	$(PY) -m alpr.train.recognizer $(ARGS) $(RECOGNISER_ARGS)
+
+recogniser-weights: $(STAMP) ## write the default STN + LPRNet (alpr/weights/) from the published checkpoints in ../shared
+	$(PY) -m alpr.models.published
 
 # No $(STAMP): a GPU machine brings its own CUDA PyTorch (make train-gpu PY=python3).
 train-gpu: ## continue the committed weights on one GPU, both models at once, GPU_BUDGET s each; logs in GPU_RUNS
@@ -87,10 +90,10 @@ train-gpu: ## continue the committed weights on one GPU, both models at once, GP
 	echo "training for $(GPU_BUDGET) s; progress in $(GPU_RUNS)/{recogniser,detector}.log"; \
 	wait $$recogniser; failed=$$?; wait $$detector || failed=1; tail -n 25 $(GPU_RUNS)/*.log; exit $$failed
 
-eval: $(STAMP) ## accuracy of the weights on the held-out synthetic set and on ../shared/real
+eval: $(STAMP) ## accuracy of the weights: real photos (test split, ../shared/real), then the held-out synthetic set
 	$(PY) -m alpr.evaluate --tile-grid $(TILE_GRID) $(WEIGHT_FLAGS)
 
-thresholds: $(STAMP) ## choose the detector score thresholds on validation scenes (not the held-out set); build/thresholds/
+thresholds: $(STAMP) ## choose the detector score thresholds on the real validation photos; build/thresholds/
 	$(PY) -m alpr.thresholds --tile-grid $(TILE_GRID) $(if $(DETECTOR_WEIGHTS),--detector-weights $(DETECTOR_WEIGHTS))
 
 onnx: $(STAMP) ## export preprocess, detector (NMS inside), crop, STN and LPRNet to ONNX, checked against PyTorch
@@ -133,6 +136,7 @@ lint: $(STAMP) ## ruff check and format check
 	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP) ## perf_analyzer: ensemble vs BLS baseline vs in-process floor; writes benchmarks/RESULTS.md (ARGS="--note ...")
+	@test -f $(REPOSITORY)/detector/1/model.onnx || $(MAKE) --no-print-directory engines TARGET=cpu
 	$(PY) -m benchmarks.run $(ARGS)
 
 analyze: $(STAMP) ## Triton Model Analyzer quick search over the composing models; report in benchmarks/

@@ -8,9 +8,10 @@ Two steps of the served ensemble live here:
   aspect, centred on a 640x640 canvas filled with grey 114 and flipped to RGB planes: the YOLOv5 letterbox.
 * ``PlateCropper`` (the ``crop`` step): each view's detections are mapped back from its canvas to original pixels,
   tiles keep only the small plates they are there for, the views' detections are merged by suppression, and each
-  kept box, grown by 20 % of its height above and below, is resampled to 24x94 from the original-resolution image.
+  kept box, grown by 20 % of its height above and below, is area-resampled to 24x94 from the original-resolution
+  image (``area_taps``: anti-aliased, as the published recogniser's training crops were).
 
-Both resample bilinearly with the pixel-centre convention of ``cv2.resize``: output pixel u covers the continuous
+The views resample bilinearly with the pixel-centre convention of ``cv2.resize``: output pixel u covers the continuous
 interval [u, u + 1), its centre u + 0.5 maps through the affine transform to a continuous source position X, and the
 source is sampled at pixel index X - 0.5 with replicated borders. Sampling gathers just the four neighbours of every
 output pixel (one element-wise gather each), so its cost follows the output size; the only whole-image operation is
@@ -25,6 +26,8 @@ NumPy/OpenCV references of both steps, for tests and export verification, close 
 """
 
 from __future__ import annotations
+
+import math
 
 import cv2
 import numpy as np
@@ -178,28 +181,71 @@ class DetectorViews(nn.Module):
         return canvas.to(torch.uint8)
 
 
+def area_taps(start: Tensor, extent: Tensor, count: int, size: Tensor) -> tuple[Tensor, Tensor]:
+    """Pixel indices and weights ``[M, count, CROP_TAPS]`` of an area resampling of ``count`` output pixels along one
+    axis: the source span [start, start + extent) (continuous coordinates, ``[M]``) of an axis of ``size`` pixels.
+
+    Output pixel u averages the source over a window centred on its footprint's centre, as wide as the footprint
+    (extent / count source pixels) but at least one pixel: shrinking, that is ``cv2.INTER_AREA`` (no aliasing); on
+    enlarging, a one-pixel window over pixels that are constant squares is exactly linear interpolation. Each pixel
+    weighs the length of its overlap with the window. ``spec.CROP_TAPS`` pixels cover windows up to CROP_TAPS - 1
+    wide; a wider one (a plate over seven times the crop size) keeps its central pixels, weights renormalised.
+    Borders are replicated.
+    """
+    scale = (extent / count).unsqueeze(1)  # [M, 1] source pixels per output pixel
+    centre = start.unsqueeze(1) + _pixel_centres(count, start.device).unsqueeze(0) * scale  # [M, count]
+    half = torch.clamp(scale, min=1.0) / 2
+    # The first tap is the pixel holding the window's left end, moved right when the window has more pixels than taps.
+    spare = torch.clamp(torch.ceil(2 * half) + 1 - spec.CROP_TAPS, min=0.0)
+    first = torch.floor(centre - half + torch.floor(spare / 2))
+    pixel = first.unsqueeze(-1) + torch.arange(spec.CROP_TAPS, dtype=torch.float32, device=start.device)
+    overlap = torch.minimum(pixel + 1, (centre + half).unsqueeze(-1)) - torch.maximum(
+        pixel, (centre - half).unsqueeze(-1)
+    )
+    weight = torch.clamp(overlap, min=0.0)
+    weight = weight / weight.sum(-1, keepdim=True)
+    last = (size - 1).to(torch.float32)
+    index = torch.minimum(torch.clamp(pixel, min=0.0), last).to(torch.int64)
+    return index, weight
+
+
+def plate_box_of_crop(height: int, width: int) -> np.ndarray:
+    """The box ``[1, 4]`` whose recogniser crop (grown by ``CROP_MARGIN`` above and below) is exactly a whole image of
+    ``height`` x ``width``: for reading a plate that is already cropped."""
+    plate_height = height / (1 + 2 * spec.CROP_MARGIN)
+    top = spec.CROP_MARGIN * plate_height
+    return np.array([[0.0, top, float(width), top + plate_height]], np.float32)
+
+
 def crop_plates(image: Tensor | np.ndarray, boxes: Tensor | np.ndarray) -> Tensor:
     """Recogniser inputs ``[M, 3, 24, 94]`` for x1, y1, x2, y2 ``boxes`` ``[M, 4]`` in original-image pixels.
 
-    The region is the box grown by ``CROP_MARGIN`` of its height above and below (none sideways), resampled
-    bilinearly from the BGR ``image`` ``[H, W, 3]`` (uint8, or its float32 values), kept BGR, normalised
-    (x - 127.5) / 128, CHW. Used both by the served ``crop`` step and to prepare recogniser training data.
+    The region is the box grown by ``CROP_MARGIN`` of its height above and below (none sideways), area-resampled
+    (``area_taps``: anti-aliased like the ``cv2.INTER_AREA`` crops the published recogniser learnt from, where
+    bilinear sampling would alias a large plate) from the BGR ``image`` ``[H, W, 3]`` (uint8, or its float32 values),
+    kept BGR, normalised (x - 127.5) / 128, CHW. Used both by the served ``crop`` step and to prepare recogniser
+    training data.
     """
     image = _as_float(torch.from_numpy(image) if isinstance(image, np.ndarray) else image)
     if isinstance(boxes, np.ndarray):
         boxes = torch.from_numpy(boxes)
     x1, y1, x2, y2 = boxes.to(device=image.device, dtype=torch.float32).unbind(-1)
     margin = spec.CROP_MARGIN * (y2 - y1)
-    top = y1 - margin
-    bottom = y2 + margin
-    rows = _pixel_centres(spec.CROP_HEIGHT, image.device) / spec.CROP_HEIGHT
-    cols = _pixel_centres(spec.CROP_WIDTH, image.device) / spec.CROP_WIDTH
-    source_y = top.unsqueeze(1) + rows.unsqueeze(0) * (bottom - top).unsqueeze(1) - 0.5  # [M, 24]
-    source_x = x1.unsqueeze(1) + cols.unsqueeze(0) * (x2 - x1).unsqueeze(1) - 0.5  # [M, 94]
-    bgr = torch.arange(3, device=image.device).reshape(1, 3, 1, 1)
-    samples = sample_bilinear(
-        image, source_y.reshape(-1, 1, spec.CROP_HEIGHT, 1), source_x.reshape(-1, 1, 1, spec.CROP_WIDTH), bgr
+    height, width = image_size(image)
+    rows, row_weights = area_taps(y1 - margin, y2 - y1 + 2 * margin, spec.CROP_HEIGHT, height)  # [M, 24, T]
+    cols, col_weights = area_taps(x1, x2 - x1, spec.CROP_WIDTH, width)  # [M, 94, T]
+    taps = spec.CROP_TAPS
+    channels = image.shape[2]
+    # One element-wise gather over the flat image (ONNX GatherElements): [M, 3, 24, T, 94, T].
+    row_offsets = (rows * (width * channels)).reshape(-1, 1, spec.CROP_HEIGHT, taps, 1, 1)
+    col_offsets = (cols * channels).reshape(-1, 1, 1, 1, spec.CROP_WIDTH, taps)
+    bgr = torch.arange(3, device=image.device).reshape(1, 3, 1, 1, 1, 1)
+    index = row_offsets + col_offsets + bgr
+    pixels = torch.gather(image.reshape(-1), 0, index.reshape(-1)).reshape(index.shape)
+    weights = row_weights.reshape(-1, 1, spec.CROP_HEIGHT, taps, 1, 1) * col_weights.reshape(
+        -1, 1, 1, 1, spec.CROP_WIDTH, taps
     )
+    samples = (pixels * weights).sum((3, 5))
     return (samples - spec.PLATE_MEAN) * spec.PLATE_SCALE
 
 
@@ -383,18 +429,39 @@ def letterbox_opencv(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB).transpose(2, 0, 1)[None].copy()
 
 
+def _area_matrix_numpy(start: float, extent: float, count: int, size: int) -> np.ndarray:
+    """Float64 ``[count, size]`` weights of the area resampling of one axis (see ``area_taps``), as a dense matrix:
+    each row the overlap of a window with every pixel, replicated borders folded onto the edge pixels."""
+    scale = extent / count
+    half = max(scale, 1.0) / 2
+    centres = start + (np.arange(count) + 0.5) * scale
+    # Pixels from far outside the image (replicated borders) down to far past its end.
+    pixels = np.arange(math.floor(centres.min() - half) - 1, math.ceil(centres.max() + half) + 2)
+    overlap = np.minimum(pixels[None] + 1, centres[:, None] + half) - np.maximum(pixels[None], centres[:, None] - half)
+    weights = np.clip(overlap, 0, None)
+    # A window wider than the graph's taps keeps its central CROP_TAPS pixels, as the graph does.
+    spare = max(math.ceil(2 * half) + 1 - spec.CROP_TAPS, 0)
+    first = np.floor(centres - half + spare // 2)[:, None]
+    weights[(pixels[None] < first) | (pixels[None] >= first + spec.CROP_TAPS)] = 0
+    matrix = np.zeros((count, size))
+    np.add.at(matrix.T, np.clip(pixels, 0, size - 1), weights.T)
+    return matrix / matrix.sum(1, keepdims=True)
+
+
 def crop_reference(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """NumPy reference of ``crop_plates`` for ``boxes`` ``[M, 4]`` in original pixels: float32 ``[M, 3, 24, 94]``."""
+    """NumPy reference of ``crop_plates`` for ``boxes`` ``[M, 4]`` in original pixels: float32 ``[M, 3, 24, 94]``.
+
+    Dense resampling matrices per axis, built from the windows' overlaps with every pixel.
+    """
     crops = []
+    height, width = image.shape[:2]
+    pixels = image.astype(np.float64)
     for x1, y1, x2, y2 in np.asarray(boxes, dtype=np.float64):
         margin = spec.CROP_MARGIN * (y2 - y1)
-        top, bottom = y1 - margin, y2 + margin
-        rows = (np.arange(spec.CROP_HEIGHT) + 0.5) / spec.CROP_HEIGHT
-        cols = (np.arange(spec.CROP_WIDTH) + 0.5) / spec.CROP_WIDTH
-        source_y = top + rows * (bottom - top) - 0.5
-        source_x = x1 + cols * (x2 - x1) - 0.5
-        samples = _bilinear_numpy(image, source_y[:, None], source_x[None, :])
-        crops.append(((samples - spec.PLATE_MEAN) * spec.PLATE_SCALE).transpose(2, 0, 1))
+        rows = _area_matrix_numpy(y1 - margin, y2 - y1 + 2 * margin, spec.CROP_HEIGHT, height)
+        cols = _area_matrix_numpy(x1, x2 - x1, spec.CROP_WIDTH, width)
+        samples = np.einsum("ah,hwc,bw->cab", rows, pixels, cols)
+        crops.append((samples - spec.PLATE_MEAN) * spec.PLATE_SCALE)
     return (
         np.stack(crops).astype(np.float32) if crops else np.zeros((0, 3, spec.CROP_HEIGHT, spec.CROP_WIDTH), np.float32)
     )

@@ -20,16 +20,33 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
 
 
+def centre_inside(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Whether each predicted box's centre lies inside each true box, ``[N, M]``."""
+    predicted = np.asarray(predicted, dtype=np.float64).reshape(-1, 4)
+    truth = np.asarray(truth, dtype=np.float64).reshape(-1, 4)
+    cx, cy = (predicted[:, 0] + predicted[:, 2]) / 2, (predicted[:, 1] + predicted[:, 3]) / 2
+    inside_x = (cx[:, None] >= truth[None, :, 0]) & (cx[:, None] <= truth[None, :, 2])
+    return inside_x & (cy[:, None] >= truth[None, :, 1]) & (cy[:, None] <= truth[None, :, 3])
+
+
 def match_detections(
-    predicted: np.ndarray, scores: np.ndarray, truth: np.ndarray, iou_threshold: float = 0.5
+    predicted: np.ndarray,
+    scores: np.ndarray,
+    truth: np.ndarray,
+    iou_threshold: float = 0.5,
+    centre_counts: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Greedy matching by descending score, as in PASCAL VOC.
 
+    With ``centre_counts`` a prediction whose centre lies inside a true box also matches it, whatever the IoU (a
+    plate is found; how tightly it is boxed matters less): the real-photo criterion, with ``iou_threshold`` 0.3.
     Returns, for each prediction, whether it is a true positive, and for each ground-truth box the index of the
     prediction matched to it (-1 when missed).
     """
     order = np.argsort(-np.asarray(scores), kind="stable")
     iou = box_iou(predicted, truth)
+    if centre_counts:
+        iou = np.where(centre_inside(predicted, truth) & (iou < iou_threshold), iou_threshold, iou)
     true_positive = np.zeros(len(order), dtype=bool)
     matched_prediction = np.full(len(truth), -1)
     for index in order:
@@ -74,18 +91,21 @@ class DetectionTally:
     """Accumulates detections over a data set for precision, recall and AP@0.5."""
 
     iou_threshold: float = 0.5
+    centre_counts: bool = False
 
     def __post_init__(self) -> None:
         self.scores: list[float] = []
         self.hits: list[bool] = []
         self.num_truth = 0
+        self.images = 0
 
     def add(self, predicted: np.ndarray, scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
         """Count one image; returns the matched prediction index of each ground-truth box (-1 when missed)."""
-        true_positive, matched = match_detections(predicted, scores, truth, self.iou_threshold)
+        true_positive, matched = match_detections(predicted, scores, truth, self.iou_threshold, self.centre_counts)
         self.scores.extend(np.asarray(scores, dtype=float).tolist())
         self.hits.extend(true_positive.tolist())
         self.num_truth += len(truth)
+        self.images += 1
         return matched
 
     def summary(self) -> dict[str, float]:
@@ -96,4 +116,5 @@ class DetectionTally:
             "map50": average_precision(self.scores, self.hits, self.num_truth),
             "predictions": len(self.hits),
             "plates": self.num_truth,
+            "false_boxes_per_image": (len(self.hits) - found) / max(1, self.images),
         }

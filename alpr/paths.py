@@ -20,7 +20,8 @@ def shared_dir() -> Path:
 
 
 def default_weights(name: str) -> Path:
-    """The committed default weights of ``name`` (``detector``, ``stn`` or ``lprnet``), trained by ``make train``."""
+    """The committed default weights of ``name`` (``detector``, ``stn`` or ``lprnet``); docs/ACCURACY.md says how
+    each was made."""
     return Path(__file__).resolve().parent / "weights" / f"{name}.pt"
 
 

@@ -119,12 +119,42 @@ def test_crop_matches_numpy_reference_including_boxes_past_the_border() -> None:
     rng = np.random.default_rng(2)
     image = photo_like(rng, 439, 780)
     x1, y1 = rng.uniform(-30, 700, 16), rng.uniform(-20, 420, 16)
-    boxes = np.stack([x1, y1, x1 + rng.uniform(1, 200, 16), y1 + rng.uniform(1, 60, 16)], 1).astype(np.float32)
+    # From enlarged to shrunk ten times (past the taps, where both keep the window's central pixels).
+    boxes = np.stack([x1, y1, x1 + rng.uniform(1, 900, 16), y1 + rng.uniform(1, 160, 16)], 1).astype(np.float32)
     actual = crop_plates(torch.from_numpy(image), torch.from_numpy(boxes)).numpy()
     expected = crop_reference(image, boxes)
     assert actual.shape == (16, 3, spec.CROP_HEIGHT, spec.CROP_WIDTH)
     diff = np.abs(actual - expected).max()
     assert diff <= CROP_TOLERANCE, f"max abs diff {diff:.2e} > {CROP_TOLERANCE} (normalised pixels)"
+
+
+def test_a_shrunk_plate_is_area_averaged_like_cv2_inter_area() -> None:
+    # A large plate shrunk three times: every crop pixel is the mean of a 3x3 block, as in the recogniser's training
+    # crops (cv2.INTER_AREA), where bilinear sampling would read one pixel in nine and alias the characters.
+    image = np.random.default_rng(3).integers(0, 256, (400, 600, 3), dtype=np.uint8)
+    height = 3 * spec.CROP_HEIGHT / (1 + 2 * spec.CROP_MARGIN)
+    margin = spec.CROP_MARGIN * height
+    box = np.array([[50.0, 100 + margin, 50.0 + 3 * spec.CROP_WIDTH, 100 + margin + height]])
+    crop = crop_plates(image, box)[0].numpy() / spec.PLATE_SCALE + spec.PLATE_MEAN
+    region = image[100 : 100 + 3 * spec.CROP_HEIGHT, 50 : 50 + 3 * spec.CROP_WIDTH]
+    expected = cv2.resize(region, (spec.CROP_WIDTH, spec.CROP_HEIGHT), interpolation=cv2.INTER_AREA)
+    np.testing.assert_allclose(crop, expected.transpose(2, 0, 1), atol=0.51)  # OpenCV rounds to uint8
+    # Not a sample of one pixel per block: far from the block's top-left pixel.
+    assert np.abs(crop - region[::3, ::3].transpose(2, 0, 1)).mean() > 20
+
+
+def test_an_enlarged_plate_is_sampled_bilinearly() -> None:
+    # Twice enlarged: a one-pixel window over square pixels is linear interpolation between pixel centres.
+    image = np.random.default_rng(4).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    height = spec.CROP_HEIGHT / 2 / (1 + 2 * spec.CROP_MARGIN)
+    margin = spec.CROP_MARGIN * height
+    box = np.array([[40.0, 60 + margin, 40.0 + spec.CROP_WIDTH / 2, 60 + margin + height]])
+    crop = crop_plates(image, box)[0].numpy() / spec.PLATE_SCALE + spec.PLATE_MEAN
+    region = image[60 : 60 + spec.CROP_HEIGHT // 2, 40 : 40 + spec.CROP_WIDTH // 2]
+    expected = cv2.resize(region, (spec.CROP_WIDTH, spec.CROP_HEIGHT), interpolation=cv2.INTER_LINEAR)
+    # Inside the border (OpenCV replicates the region's edge where the crop reads the image around it), to OpenCV's
+    # fixed-point weights and rounding.
+    np.testing.assert_allclose(crop[:, 1:-1, 1:-1], expected.transpose(2, 0, 1)[:, 1:-1, 1:-1], atol=1.0)
 
 
 def detections(boxes: list[list[float]], scores: list[float]) -> tuple[np.ndarray, ...]:

@@ -81,7 +81,9 @@ def test_a_box_keeps_its_label_through_a_window_only_where_most_of_it_shows() ->
 
 def test_tile_views_show_the_plates_larger_than_the_whole_view() -> None:
     def plate_widths(tile_views: float) -> np.ndarray:
-        _, targets = detector_trainer.SceneTiles(12, 640, tile_views)(np.random.default_rng(8))
+        _, targets = detector_trainer.TrainingTiles(detector_trainer.SceneTiles(12, 640, tile_views), None, 0.0)(
+            np.random.default_rng(8)
+        )
         assert torch.all((targets[:, 2:4] >= 0) & (targets[:, 2:4] <= 640))
         return targets[:, 4].numpy()
 

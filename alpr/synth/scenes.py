@@ -312,7 +312,7 @@ def _draw_car(rng: np.random.Generator, image: np.ndarray, quad: np.ndarray) -> 
     cv2.rectangle(image, (int(left), int(y0)), (int(left + car_w), int(y0 + band_h)), band, -1)
 
 
-def _paste_plate(image: np.ndarray, plate: np.ndarray, quad: np.ndarray, blur_sigma: float) -> None:
+def paste_plate(image: np.ndarray, plate: np.ndarray, quad: np.ndarray, blur_sigma: float) -> None:
     """Warp the upright plate image onto ``quad`` (image pixels), blending its anti-aliased edges."""
     height, width = image.shape[:2]
     x0, y0 = np.floor(quad.min(axis=0)).astype(int) - 2
@@ -536,6 +536,6 @@ def _draw_plate(
     if rng.random() < 0.5:
         _draw_plate_holder(rng, image, quad)
     blur_sigma = rng.uniform(0.3, 1.2) if rng.random() < 0.2 else 0.0
-    _paste_plate(image, plate, quad, blur_sigma)
+    paste_plate(image, plate, quad, blur_sigma)
     occluded = bool(rng.random() < 0.08) and _occlude(rng, image, quad, other_plates)
     return plate_text.text, occluded
