@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from conftest import committed_weights_present
 
-from alpr import paths
+from alpr import paths, realdata
 from alpr.evaluate import (
     AnswerTally,
     ReadingTally,
     evaluate_heldout,
     evaluate_real,
+    evaluate_real_split,
     evaluate_without_camera,
     plate_groups,
     width_bin,
@@ -93,9 +94,12 @@ def test_real_photos_are_skipped_cleanly_where_absent(tmp_path: Path) -> None:
     assert evaluate_real(None, None, tmp_path / "missing") is None  # type: ignore[arg-type]
 
 
+ACCURACY_DOC = "docs/ACCURACY.md"
+
+
 def readme_table(header_start: str) -> dict[str, dict[str, float]]:
-    """The README table whose header row starts with ``header_start``: row label -> column header -> value."""
-    lines = (paths.repo_root() / "README.md").read_text().splitlines()
+    """The table of the accuracy doc whose header row starts with ``header_start``: row -> column -> value."""
+    lines = (paths.repo_root() / ACCURACY_DOC).read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
     headers = [cell.strip() for cell in lines[start].strip("|").split("|")][1:]
     table = {}
@@ -108,14 +112,14 @@ def readme_table(header_start: str) -> dict[str, dict[str, float]]:
 
 
 def readme_accuracy_table() -> dict[str, dict[str, float]]:
-    """The "What it does today" table of the README."""
+    """The synthetic held-out table of the accuracy doc."""
     return readme_table("| | all plates")
 
 
 def readme_detector_summary() -> dict[str, float]:
-    text = (paths.repo_root() / "README.md").read_text()
-    match = re.search(r"Detector precision ([0-9.]+), AP@0\.5 ([0-9.]+)", text)
-    assert match, "the README no longer states the detector's precision and AP"
+    text = (paths.repo_root() / ACCURACY_DOC).read_text()
+    match = re.search(r"Detector precision\s+([0-9.]+), AP@0\.5 ([0-9.]+)", text)
+    assert match, "the accuracy doc no longer states the detector's precision and AP"
     return {"precision": float(match[1]), "map50": float(match[2])}
 
 
@@ -152,3 +156,27 @@ def test_make_eval_reproduces_the_accuracy_the_readme_states() -> None:
         for key, label in README_ANSWER_ROWS.items():
             assert answers[label][column] == pytest.approx(row[key], abs=README_TOLERANCE), (label, column)
     assert np.isfinite(report["recogniser_on_true_boxes"]["all plates"]["cer"])
+
+
+def readme_real_split_row(measured: str) -> float:
+    """The value (before any parenthesis) of the README's real test-split row whose "measured" cell is ``measured``."""
+    for line in (paths.repo_root() / "README.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == 3 and cells[1] == measured:
+            return float(cells[2].split()[0])
+    raise AssertionError(f"the README has no row {measured!r}")
+
+
+@pytest.mark.skipif(not committed_weights_present(), reason="no committed weights")
+@pytest.mark.skipif(not realdata.real_photos("test"), reason="real labelled photos absent")
+def test_make_eval_reproduces_the_real_photo_figures_the_readme_states() -> None:
+    pipeline = TorchPipeline.from_weights(*(paths.default_weights(name) for name in ("detector", "stn", "lprnet")))
+    report = evaluate_real_split(pipeline)
+    assert report is not None and report["photos"] == 79
+    stated = {
+        "plates found (a box's centre inside the plate, or IoU >= 0.3)": report["found"]["recall"],
+        "false boxes per photo": report["found"]["false_boxes_per_image"],
+        "AP@0.5": report["iou50"]["map50"],
+    }
+    for measured, value in stated.items():
+        assert readme_real_split_row(measured) == pytest.approx(value, abs=README_TOLERANCE), measured
