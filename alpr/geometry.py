@@ -486,7 +486,7 @@ def plate_cropper_reference(
         else:
             threshold = spec.WHOLE_VIEW_CONFIDENCE if len(windows) > 1 else spec.SINGLE_VIEW_CONFIDENCE
         for row in range(int(num_dets[view, 0])):
-            if det_scores[view, row] < threshold:
+            if det_scores[view, row] < np.float32(threshold):  # compared in float32, as in the graph
                 continue
             box = (np.asarray(det_boxes[view, row], np.float64) - [pad_x, pad_y, pad_x, pad_y]) / r
             box += [x0, y0, x0, y0]

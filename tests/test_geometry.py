@@ -263,11 +263,11 @@ def test_cropper_merges_the_views() -> None:
                 ([600.0, 300.0, 639.5, 310.0], 0.8),
             ],
             # A small plate only the bottom-right tile finds: x 1500-1550, y 700-712; then one under TILE_CONFIDENCE.
-            4: [([448.0, 352.0, 480.0, 359.68], 0.7), ([100.0, 100.0, 130.0, 108.0], spec.TILE_CONFIDENCE - 0.01)],
+            4: [([448.0, 352.0, 480.0, 359.68], 0.8), ([100.0, 100.0, 130.0, 108.0], spec.TILE_CONFIDENCE - 0.01)],
         }
     )
     crops, plate_boxes, plate_scores = run_cropper(image, *inputs)
-    np.testing.assert_array_equal(plate_scores, np.float32([0.9, 0.7]))
+    np.testing.assert_array_equal(plate_scores, np.float32([0.9, 0.8]))
     np.testing.assert_allclose(plate_boxes, [[100, 300, 180, 330], [1500, 700, 1550, 712]], atol=0.02)
     expected = plate_cropper_reference(image, *inputs)
     for actual, reference in zip((crops, plate_boxes, plate_scores), expected, strict=True):

@@ -438,11 +438,11 @@ def detections(boxes: list[list[float]], scores: list[float]) -> dict[str, np.nd
 
 
 def test_detector_comparison_holds_boxes_to_the_stated_pixels() -> None:
-    reference = detections([[100, 300, 200, 330], [400, 100, 480, 125]], [0.91, 0.6])
-    shifted = detections([[100.6, 300, 200, 330.6], [400, 100, 480, 125]], [0.905, 0.6])
+    reference = detections([[100, 300, 200, 330], [400, 100, 480, 125]], [0.91, 0.8])
+    shifted = detections([[100.6, 300, 200, 330.6], [400, 100, 480, 125]], [0.905, 0.8])
     assert compare.compare_step("detector", "fp16", reference, shifted) == []
     assert compare.compare_step("detector", "fp32", reference, shifted)
-    far = detections([[103, 300, 200, 330], [400, 100, 480, 125]], [0.91, 0.6])
+    far = detections([[103, 300, 200, 330], [400, 100, 480, 125]], [0.91, 0.8])
     assert compare.compare_step("detector", "fp16", reference, far)
     # A detection that fp16 pushes across the confidence threshold may appear on one side only.
     borderline = detections([[100, 300, 200, 330], [10, 10, 50, 20]], [0.91, spec.DETECTOR_CONFIDENCE + 0.005])
