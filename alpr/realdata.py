@@ -61,8 +61,13 @@ def realtrain_dir() -> Path:
     return paths.shared_dir() / "realtrain"
 
 
+def _cc0_number(stem: str) -> int:
+    """N of a CC0 photo ``CarsN``."""
+    return int(re.sub(r"\D", "", stem) or 0)
+
+
 def _cc0_split(stem: str) -> str:
-    number = int(re.sub(r"\D", "", stem) or 0)
+    number = _cc0_number(stem)
     if number % 10 == CC0_TEST_REMAINDER:
         return "test"
     return "validation" if number % 10 == CC0_VALIDATION_REMAINDER else "train"
@@ -70,7 +75,7 @@ def _cc0_split(stem: str) -> str:
 
 def _cc0_photos(root: Path, split: str) -> list[RealPhoto]:
     photos = []
-    for annotation in sorted((root / "annotations").glob("*.xml"), key=lambda p: int(re.sub(r"\D", "", p.stem))):
+    for annotation in sorted((root / "annotations").glob("*.xml"), key=lambda p: _cc0_number(p.stem)):
         if _cc0_split(annotation.stem) != split:
             continue
         tree = ElementTree.parse(annotation).getroot()
@@ -90,7 +95,7 @@ def _ccby_photos(root: Path, split: str) -> list[RealPhoto]:
     for image in sorted((folder / "images").glob("*.jpg")):
         label = folder / "labels" / f"{image.stem}.txt"
         rows = [line.split() for line in label.read_text().splitlines() if line.strip()] if label.exists() else []
-        height, width = _image_size(image)
+        height, width = read_photo(image).shape[:2]
         boxes = [
             [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
             for cls, cx, cy, w, h in ((int(r[0]), *map(float, r[1:5])) for r in rows)
@@ -98,10 +103,6 @@ def _ccby_photos(root: Path, split: str) -> list[RealPhoto]:
         ]
         photos.append(RealPhoto(image, np.array(boxes, np.float64).reshape(-1, 4), CCBY_SET))
     return photos
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    return read_photo(path).shape[:2]
 
 
 def real_photos(split: str, root: Path | None = None) -> list[RealPhoto]:
@@ -124,7 +125,8 @@ def found_tally() -> DetectionTally:
 
 @cache
 def read_photo(path: Path) -> np.ndarray:
-    """The BGR pixels of a photo, decoded once per process (a training worker keeps the few hundred it draws)."""
+    """The BGR pixels of a photo, decoded once per process (a training worker keeps the few hundred it draws); shared
+    between callers, so never modified in place."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise OSError(f"cannot read {path}")
