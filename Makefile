@@ -41,7 +41,7 @@ STAMP := $(VENV)/.installed
 WEIGHT_FLAGS = $(if $(DETECTOR_WEIGHTS),--detector-weights $(DETECTOR_WEIGHTS)) \
 	$(if $(LPRNET_WEIGHTS),--lprnet-weights $(LPRNET_WEIGHTS)) $(if $(STN_WEIGHTS),--stn-weights $(STN_WEIGHTS))
 
-.PHONY: help install data train train-detector train-recogniser recogniser-weights train-gpu eval thresholds onnx engines serve serve-cpu serve-gpu demo test lint \
+.PHONY: help install system-packages samples data train train-detector train-recogniser recogniser-weights train-gpu eval thresholds onnx engines serve serve-cpu serve-gpu demo test lint \
 	bench analyze clean
 
 help: ## list the targets and their settings
@@ -61,18 +61,25 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q "$(TORCH_SPEC)" -e ".[export,serve,bench,dev]"
 	touch $@
 
-data: $(STAMP) $(IMAGES)/annotations.json ## write the held-out synthetic evaluation set and sample images to build/
+# Debian packages no wheel provides: the plate fonts (synthetic data: tests, samples, training, evaluation) and libb64
+# (perf_analyzer). Installed with apt-get as root, else unpacked into $(VENV)/system, else the exact command is printed.
+system-packages: ## install the plate fonts and libb64 the tests, data and benchmarks need (serving needs neither)
+	@$(PYTHON_SYSTEM) -m alpr.system_packages --prefix $(VENV)
+
+data: $(STAMP) $(IMAGES)/annotations.json | system-packages ## write the held-out synthetic evaluation set and sample images to build/
 	$(PY) -m alpr.synth.dataset --heldout --out $(BUILD)/heldout
 
-$(IMAGES)/annotations.json: | $(STAMP)
+samples: $(IMAGES)/annotations.json ## write the sample street scenes to build/samples/ (IMAGES)
+
+$(IMAGES)/annotations.json: | $(STAMP) system-packages
 	$(PY) -m alpr.synth.dataset --out $(IMAGES) --scenes 6 --sizes mixed --seed 2024
 
 train: train-recogniser train-detector ## train both networks from scratch on synthetic data (not the defaults); resumable
 
-train-detector: $(STAMP) ## train the YOLOv5n plate detector (DETECTOR_ARGS="--real-share 0.7" adds real photos; ARGS="--resume")
+train-detector: $(STAMP) | system-packages ## train the YOLOv5n plate detector (DETECTOR_ARGS="--real-share 0.7" adds real photos; ARGS="--resume")
 	$(PY) -m alpr.train.detector $(ARGS) $(DETECTOR_ARGS)
 
-train-recogniser: $(STAMP) ## train STN + LPRNet with CTC on synthetic plates (add ARGS="--resume" to continue)
+train-recogniser: $(STAMP) | system-packages ## train STN + LPRNet with CTC on synthetic plates (add ARGS="--resume" to continue)
 	$(PY) -m alpr.train.recognizer $(ARGS) $(RECOGNISER_ARGS)
 
 recogniser-weights: $(STAMP) ## write the default STN + LPRNet (alpr/weights/) from the published checkpoints in ../shared
@@ -90,10 +97,10 @@ train-gpu: ## continue the committed weights on one GPU, both models at once, GP
 	echo "training for $(GPU_BUDGET) s; progress in $(GPU_RUNS)/{recogniser,detector}.log"; \
 	wait $$recogniser; failed=$$?; wait $$detector || failed=1; tail -n 25 $(GPU_RUNS)/*.log; exit $$failed
 
-eval: $(STAMP) ## accuracy of the weights: real photos (test split, ../shared/real), then the held-out synthetic set
+eval: $(STAMP) | system-packages ## accuracy of the weights: real photos (test split, ../shared/real), then the held-out synthetic set
 	$(PY) -m alpr.evaluate --tile-grid $(TILE_GRID) $(WEIGHT_FLAGS)
 
-thresholds: $(STAMP) ## choose the detector score thresholds on the real validation photos; build/thresholds/
+thresholds: $(STAMP) | system-packages ## choose the detector score thresholds on the real validation photos; build/thresholds/
 	$(PY) -m alpr.thresholds --tile-grid $(TILE_GRID) $(if $(DETECTOR_WEIGHTS),--detector-weights $(DETECTOR_WEIGHTS))
 
 onnx: $(STAMP) ## export preprocess, detector (NMS inside), crop, STN and LPRNet to ONNX, checked against PyTorch
@@ -114,8 +121,10 @@ serve: ## serve the ensemble: the GPU container when Docker has the NVIDIA runti
 		$(MAKE) --no-print-directory serve-cpu; \
 	fi
 
-serve-cpu: $(STAMP) $(IMAGES)/annotations.json ## the real tritonserver of nvidia-pytriton on the CPU (engines built if missing)
+serve-cpu: $(STAMP) ## the real tritonserver of nvidia-pytriton on the CPU (engines built if missing)
 	@test -f $(REPOSITORY)/detector/1/model.onnx || $(MAKE) --no-print-directory engines TARGET=cpu
+	@# Sample images for the README's example; serving itself needs no fonts, so it goes on without them.
+	@$(MAKE) --no-print-directory samples || echo "make serve: no sample images in $(IMAGES) (see above); serving anyway"
 	$(PY) -m alpr.server serve --repository $(REPOSITORY) --host $(HOST) \
 		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
@@ -125,21 +134,22 @@ serve-gpu: ## Dockerfile.triton on the GPU: TensorRT plans built at first start 
 	docker run --rm --gpus all --shm-size=1g -p $(HOST):$(HTTP_PORT):8000 -p $(HOST):$(GRPC_PORT):8001 \
 		-p $(HOST):$(METRICS_PORT):8002 -v alpr-engines:/var/cache/alpr $(IMAGE)
 
-demo: $(STAMP) $(IMAGES)/annotations.json ## send the sample images to a running server, draw plates into build/annotated/
+demo: $(STAMP) $(IMAGES)/annotations.json | system-packages ## send the sample images to a running server, draw plates into build/annotated/
 	$(VENV)/bin/lpr $(IMAGES) --url $(HOST):$(GRPC_PORT) --annotate-dir $(BUILD)/annotated
 
-test: $(STAMP) ## run the test suite (starts its own Triton server on free ports)
+test: $(STAMP) | system-packages ## run the test suite (starts its own Triton server on free ports)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff check and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-bench: $(STAMP) ## perf_analyzer: ensemble vs BLS baseline vs in-process floor; writes benchmarks/RESULTS.md (ARGS="--note ...")
+bench: $(STAMP) | system-packages ## perf_analyzer: ensemble vs BLS baseline vs in-process floor; writes benchmarks/RESULTS.md (ARGS="--note ...")
 	@test -f $(REPOSITORY)/detector/1/model.onnx || $(MAKE) --no-print-directory engines TARGET=cpu
 	$(PY) -m benchmarks.run $(ARGS)
 
-analyze: $(STAMP) ## Triton Model Analyzer quick search over the composing models; report in benchmarks/
+analyze: $(STAMP) | system-packages ## Triton Model Analyzer quick search over the composing models; report in benchmarks/
+	@test -f $(REPOSITORY)/detector/1/model.onnx || $(MAKE) --no-print-directory engines TARGET=cpu
 	$(PY) -m benchmarks.analyze
 
 clean: ## remove build outputs (keeps the virtualenv and the committed weights)

@@ -39,7 +39,6 @@ DEFAULT_URL = "127.0.0.1:8001"
 # The largest accepted image plus room for the request envelope; answers are a few hundred bytes per plate.
 MAX_SEND_BYTES = spec.MAX_IMAGE_SIDE * spec.MAX_IMAGE_SIDE * 3 + (1 << 20)
 MAX_RECEIVE_BYTES = 4 << 20
-OUTPUTS = ("boxes", "det_scores", "texts", "text_scores")
 # The status of a request the server refused because its queues are full or it waited past the queue timeout.
 OVERLOAD_STATUS = "StatusCode.UNAVAILABLE"
 RETRY_BACKOFF_S = 0.1
@@ -108,12 +107,12 @@ def _channel_args() -> list[tuple[str, int]]:
 
 def _request(image: np.ndarray, module: Any, region: _Region | None = None) -> tuple[list[Any], list[Any]]:
     """The ensemble's inputs and outputs for ``image``, its bytes either in the request or in ``region``."""
-    tensor = module.InferInput("image", list(image.shape), "UINT8")
+    tensor = module.InferInput(spec.IMAGE_INPUT, list(image.shape), "UINT8")
     if region is None:
         tensor.set_data_from_numpy(image)
     else:
         tensor.set_shared_memory(region.name, image.nbytes)
-    return [tensor], [module.InferRequestedOutput(name) for name in OUTPUTS]
+    return [tensor], [module.InferRequestedOutput(name) for name in spec.OUTPUT_NAMES]
 
 
 def is_overload(error: InferenceServerException) -> bool:
@@ -128,7 +127,7 @@ def retry_delay(attempt: int) -> float:
 
 def plates_from_result(result: Any) -> list[Plate]:
     """The plates of one ensemble answer (an ``InferResult`` of either client flavour)."""
-    boxes, det_scores, texts, text_scores = (result.as_numpy(name) for name in OUTPUTS)
+    boxes, det_scores, texts, text_scores = (result.as_numpy(name) for name in spec.OUTPUT_NAMES)
     return [
         Plate(
             box=tuple(float(v) for v in box),

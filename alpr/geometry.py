@@ -416,7 +416,8 @@ def letterbox_reference(image: np.ndarray, grid: int = spec.TILE_GRID) -> np.nda
 def letterbox_opencv(image: np.ndarray) -> np.ndarray:
     """The conventional letterbox, ``cv2.resize`` (INTER_LINEAR) then ``cv2.copyMakeBorder`` with whole pixels.
 
-    Equal to ``Letterbox`` (within OpenCV's fixed-point rounding) when W r, H r and both paddings are whole numbers.
+    Equal to the served preprocess's whole view (within OpenCV's fixed-point rounding) when W r, H r and both
+    paddings are whole numbers.
     """
     height, width = image.shape[:2]
     r, pad_x, pad_y = letterbox_transform(height, width)

@@ -285,7 +285,7 @@ ENSEMBLE_WIRING: tuple[tuple[str, dict[str, str], dict[str, str]], ...] = (
     (
         "ctc_decoder",
         {"logits": "logits", "plate_boxes": "plate_boxes", "plate_scores": "plate_scores"},
-        {"boxes": "boxes", "det_scores": "det_scores", "texts": "texts", "text_scores": "text_scores"},
+        {name: name for name in spec.OUTPUT_NAMES},
     ),
 )
 

@@ -6,13 +6,17 @@ a backend directory under ``build/triton/backends``: the installation's own back
 with the stub for the running Python when the bundled build ships it apart, and the project's Python-based backend
 ``onnxruntime_python`` (``ensemble/onnxruntime_python/model.py``) that serves each ONNX step on the CPU target.
 
-``TritonServer`` is the context manager used by the tests, the benchmarks and the command line.
+``TritonServer`` is the context manager used by the tests, the benchmarks and the command line. The server dies with
+the process that started it (``PR_SET_PDEATHSIG``), even when that process is killed with SIGKILL. The command line
+also supervises it: when a step's process (a Python-backend stub) or the server itself dies, it restarts the server
+on the same ports, so that readiness is false while the pipeline cannot answer and the service heals by itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import filecmp
 import importlib.util
 import os
@@ -26,12 +30,14 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 
 from alpr.paths import repo_root
 from alpr.repository import ONNXRUNTIME_PYTHON_BACKEND
+from alpr.spec import RESTARTS_VARIABLE
 
 # Source of the Python-based backend that runs any ONNX step through onnxruntime.
 ONNXRUNTIME_PYTHON_SOURCE = repo_root() / "ensemble" / ONNXRUNTIME_PYTHON_BACKEND / "model.py"
@@ -41,8 +47,18 @@ DEFAULT_BUILD_DIR = Path("build") / "triton"
 # large enough for a 1920x1080 BGR frame plus the letterboxed copy, and grow it in the same steps for bigger images.
 SHM_DEFAULT_BYTES = 16 * 1024 * 1024
 SHM_GROWTH_BYTES = 16 * 1024 * 1024
-STOP_TIMEOUT_S = 30.0
+# Seconds the server waits for requests in flight when asked to stop, and the launcher for the server after that.
+EXIT_TIMEOUT_S = 5
+STOP_TIMEOUT_S = 10.0
 LOG_TAIL_CHARS = 6000
+# How often the launcher looks at the server's processes, and the restarts in a row it tries before giving up.
+SUPERVISE_PERIOD_S = 0.5
+MAX_FAILED_RESTARTS = 3
+STUB_EXECUTABLE = "triton_python_backend_stub"
+# The Python backend's shared-memory regions are /dev/shm/triton_<backend>_shm_region_<uuid>.
+SHM_REGION_MARK = "python_backend_shm_region_"
+STALE_SHM_AGE_S = 30.0
+PR_SET_PDEATHSIG = 1
 
 
 class TritonNotFoundError(RuntimeError):
@@ -164,6 +180,94 @@ def server_environment(installation: TritonInstallation) -> dict[str, str]:
     return environment
 
 
+def _die_with_launcher() -> None:
+    """Runs in the server's process before it executes: the kernel kills it when the launcher dies, however."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class StepProcess:
+    """One Python-backend stub of a running server: the process that runs one instance of a step."""
+
+    pid: int
+    instance: str
+    # The shared-memory region the stub and the server exchange tensors through (a file in /dev/shm).
+    shm_region: str
+
+
+def _parent_and_state(pid: str) -> tuple[int, str] | None:
+    try:
+        stat = Path("/proc", pid, "stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[1]), fields[0]
+
+
+def step_processes(server_pid: int) -> list[StepProcess]:
+    """The live Python-backend stubs the server ``server_pid`` started (an exited, unreaped one is not live)."""
+    steps = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        parent_and_state = _parent_and_state(entry.name)
+        if parent_and_state is None or parent_and_state[0] != server_pid or parent_and_state[1] in "ZX":
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not argv[0].endswith(STUB_EXECUTABLE.encode()):
+            continue
+        # The stub's arguments: model path, shm region, shm sizes, parent pid, backend path, IPC handle, instance.
+        words = [word.decode(errors="replace") for word in argv]
+        instance = words[8] if len(words) > 8 else "?"
+        steps.append(StepProcess(int(entry.name), instance, words[2] if len(words) > 2 else ""))
+    return sorted(steps, key=lambda step: step.instance)
+
+
+def _mapped_shared_memory() -> set[str]:
+    """Names of the /dev/shm files some live process of this user maps."""
+    names = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            maps = (entry / "maps").read_text()
+        except OSError:
+            continue
+        names.update(line.rsplit("/dev/shm/", 1)[1].split(" ")[0] for line in maps.splitlines() if "/dev/shm/" in line)
+    return names
+
+
+def remove_stale_shm_regions(min_age_s: float = STALE_SHM_AGE_S) -> list[str]:
+    """Remove the Python-backend shared-memory regions of servers that were killed (no process maps them any more).
+
+    A server killed with SIGKILL cannot remove its stubs' regions (16 MB or more each, held in memory). Only this
+    user's regions older than ``min_age_s`` are considered, so a server starting right now keeps its own.
+    """
+    folder = Path("/dev/shm")
+    if not folder.is_dir():
+        return []
+    now = time.time()
+    candidates = []
+    for region in folder.glob(f"triton_*{SHM_REGION_MARK}*"):
+        with contextlib.suppress(OSError):
+            status = region.stat()
+            if status.st_uid == os.geteuid() and now - status.st_mtime >= min_age_s:
+                candidates.append(region)
+    if not candidates:
+        return []
+    mapped = _mapped_shared_memory()
+    removed = []
+    for region in candidates:
+        if region.name not in mapped:
+            region.unlink(missing_ok=True)
+            removed.append(region.name)
+    return removed
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """``count`` distinct TCP ports nobody listens on right now (held together while chosen, so never repeated)."""
     with contextlib.ExitStack() as stack:
@@ -217,6 +321,7 @@ class TritonServer:
         log_path: str | Path | None = None,
         startup_timeout_s: float = 120.0,
         extra_args: tuple[str, ...] = (),
+        environment: dict[str, str] | None = None,
     ) -> None:
         self.repository = Path(repository).resolve()
         spare_http, spare_grpc, spare_metrics = free_ports(3, host)
@@ -230,7 +335,10 @@ class TritonServer:
         self.log_path = Path(log_path).resolve() if log_path is not None else None
         self.startup_timeout_s = startup_timeout_s
         self.extra_args = extra_args
+        self.environment = dict(environment or {})
         self.process: subprocess.Popen[bytes] | None = None
+        # The steps' processes as they were when the server became ready.
+        self.steps: list[StepProcess] = []
 
     def command(self, installation: TritonInstallation, backend_directory: Path) -> list[str]:
         """The ``tritonserver`` command line."""
@@ -241,6 +349,7 @@ class TritonServer:
             "--model-control-mode=none",
             "--exit-on-error=true",
             "--strict-readiness=true",
+            f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
             f"--http-address={self.endpoints.host}",
             f"--http-port={self.endpoints.http_port}",
             f"--grpc-address={self.endpoints.host}",
@@ -258,18 +367,21 @@ class TritonServer:
             raise FileNotFoundError(f"model repository {self.repository} does not exist")
         installation = find_installation()
         backend_directory = prepare_backend_directory(installation, self.build_dir)
+        remove_stale_shm_regions()
         output = None
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            output = self.log_path.open("wb")
+            output = self.log_path.open("ab")
         try:
             self.process = subprocess.Popen(
                 self.command(installation, backend_directory),
-                env=server_environment(installation),
+                env={**server_environment(installation), **self.environment},
                 stdout=output,
                 stderr=subprocess.STDOUT if output is not None else None,
-                # Its own process group: a Ctrl-C in the terminal reaches this launcher, which stops the server.
+                # Its own process group: a Ctrl-C in the terminal reaches this launcher, which stops the server and,
+                # through the group, every stub it started.
                 start_new_session=True,
+                preexec_fn=_die_with_launcher,
             )
         finally:
             if output is not None:
@@ -279,7 +391,15 @@ class TritonServer:
         except BaseException:
             self.stop()
             raise
+        self.steps = step_processes(self.process.pid)
         return self
+
+    def dead_steps(self) -> list[StepProcess]:
+        """The steps' processes that were running when the server became ready and are gone now."""
+        if self.process is None:
+            return []
+        live = {step.pid for step in step_processes(self.process.pid)}
+        return [step for step in self.steps if step.pid not in live]
 
     def is_ready(self) -> bool:
         """Whether the server answers ready on its HTTP health endpoint."""
@@ -316,17 +436,33 @@ class TritonServer:
         )
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
-        """Ask the server to shut down (SIGTERM), wait for it, and kill its process group if it hangs."""
+        """Ask the server to shut down (SIGTERM), wait up to ``timeout_s``, then kill what is left of its process group.
+
+        A server whose step died can hang in its shutdown; its stubs can outlive it. Both end here, and the shared
+        memory of stubs that were killed is removed.
+        """
         if self.process is None:
             return None
-        if self.process.poll() is None:
+        if self.process.poll() is None and timeout_s > 0:
             self.process.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        for step in self.steps:
+            if step.shm_region and "/" not in step.shm_region:
+                Path("/dev/shm", step.shm_region).unlink(missing_ok=True)
         return self.process.returncode
+
+    def restart(self) -> TritonServer:
+        """Kill the server, whatever state it is in, and start it again on the same ports.
+
+        It is killed rather than asked to stop: with a step dead, a graceful stop only waits out the exit timeout for
+        requests that cannot finish, and every request in flight fails either way.
+        """
+        self.stop(timeout_s=0)
+        return self.start()
 
     def wait(self) -> int:
         """Block until the server exits; returns its exit status."""
@@ -342,6 +478,50 @@ class TritonServer:
         self.stop()
 
 
+def _log(message: str) -> None:
+    print(f"alpr.server: {message}", file=sys.stderr, flush=True)
+
+
+def supervise(server: TritonServer, stopping: Callable[[], bool], period_s: float = SUPERVISE_PERIOD_S) -> int:
+    """Keep ``server`` answering until ``stopping()``: restart it when a step's process or the server dies.
+
+    A dead Python-backend stub is never restarted by the server itself, which then fails every request while its
+    ready endpoints still answer 200. Restarting the whole server on the same ports makes readiness false until the
+    pipeline answers again. Returns the server's exit status once asked to stop, or 1 when restarts keep failing.
+    """
+    failed_restarts = 0
+    while not stopping():
+        time.sleep(period_s)
+        if stopping():
+            break
+        assert server.process is not None
+        status = server.process.poll()
+        dead = server.dead_steps() if status is None else []
+        if status is None and not dead:
+            continue
+        if stopping():
+            break
+        cause = (
+            f"tritonserver exited with status {status}"
+            if status is not None
+            else "step process " + ", ".join(f"{step.instance} (pid {step.pid})" for step in dead) + " died"
+        )
+        restarts = int(server.environment.get(RESTARTS_VARIABLE, "0")) + 1
+        server.environment[RESTARTS_VARIABLE] = str(restarts)
+        _log(f"{cause}; restarting the server on the same ports (restart {restarts})")
+        try:
+            server.restart()
+        except (TritonStartError, OSError) as error:
+            failed_restarts += 1
+            _log(f"restart {restarts} failed ({failed_restarts} in a row): {error}")
+            if failed_restarts >= MAX_FAILED_RESTARTS:
+                return 1
+            continue
+        failed_restarts = 0
+        _log(f"ready again after restart {restarts}")
+    return server.stop() or 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     server = TritonServer(
         args.repository,
@@ -351,6 +531,7 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         build_dir=args.build_dir,
         startup_timeout_s=args.startup_timeout,
+        environment={RESTARTS_VARIABLE: "0"},
     )
     stopping = False
 
@@ -360,19 +541,24 @@ def _serve(args: argparse.Namespace) -> int:
         if server.process is not None and server.process.poll() is None:
             server.process.send_signal(signal.SIGTERM)
 
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, forward)
     try:
         server.start()
     except (TritonStartError, TritonNotFoundError, FileNotFoundError) as error:
-        print(f"alpr.server: {error}", file=sys.stderr)
+        _log(str(error))
+        server.stop()
         return 1
     endpoints = server.endpoints
     print(
         f"Triton ready: gRPC {endpoints.grpc_url}  HTTP http://{endpoints.http_url}  metrics {endpoints.metrics_url}",
         flush=True,
     )
-    status = server.wait()
+    if args.no_supervise:
+        status = server.wait()
+        server.stop()
+        return 0 if stopping else status
+    status = supervise(server, lambda: stopping)
     return 0 if stopping else status
 
 
@@ -387,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD_DIR, help="where the backend directory goes")
     serve.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for readiness")
+    serve.add_argument(
+        "--no-supervise", action="store_true", help="do not restart the server when a step's process or it dies"
+    )
     return parser
 
 

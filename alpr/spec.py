@@ -69,3 +69,12 @@ DETECTOR_MAX_BATCH = DETECTOR_IMAGES_PER_BATCH * DETECTOR_VIEWS
 RECOGNISER_MAX_BATCH = 32
 
 ENSEMBLE_NAME = "plate_recognition"
+# The ensemble's contract: one BGR image [H, W, 3] uint8 in; per plate a box [N, 4] (x1, y1, x2, y2 in image pixels),
+# a detection score [N], the text [N] (BYTES) and the probability of the text [N] out.
+IMAGE_INPUT = "image"
+OUTPUT_NAMES = ("boxes", "det_scores", "texts", "text_scores")
+
+# Operations: the launcher (alpr.server) tells the steps through this variable how often it restarted the server after
+# a step's process or the server died, and the CTC decoder publishes it as this gauge on the metrics endpoint.
+RESTARTS_VARIABLE = "ALPR_SERVER_RESTARTS"
+RESTARTS_METRIC = "alpr_server_restarts"

@@ -1,8 +1,9 @@
 """Driving Triton's ``perf_analyzer``: where it lives, its command line, and its CSV report.
 
 The ``tritonclient`` wheel ships ``perf_analyzer`` into the environment's scripts folder. The binary needs
-``libb64.so.0d`` (Debian package ``libb64-0d``) and ``libcudart.so.12`` even on a CPU-only host; the latter comes
-from the PyPI package ``nvidia-cuda-runtime-cu12``, whose library folder is put on ``LD_LIBRARY_PATH`` here.
+``libb64.so.0d`` (Debian package ``libb64-0d``, which ``make`` installs, or unpacks into the virtual environment)
+and ``libcudart.so.12`` even on a CPU-only host; the latter comes from the PyPI package ``nvidia-cuda-runtime-cu12``.
+Both library folders are put on ``LD_LIBRARY_PATH`` here.
 
 One ``perf_analyzer`` process measures one concurrency: a level that does not stabilise then costs only itself, and
 the server statistics can be read around each level. When the windows never agree within the stability threshold,
@@ -24,6 +25,8 @@ import sysconfig
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from alpr.system_packages import local_library_dirs
 
 PERF_ANALYZER_ENV = "PERF_ANALYZER"
 UNSTABLE_MARKER = "Failed to obtain stable measurement"
@@ -128,10 +131,12 @@ def cuda_runtime_library_dir() -> Path | None:
 def perf_analyzer_environment() -> dict[str, str]:
     """This process's environment with the CUDA runtime wheel's libraries on ``LD_LIBRARY_PATH``."""
     environment = dict(os.environ)
-    library_dir = cuda_runtime_library_dir()
-    if library_dir is not None:
-        current = environment.get("LD_LIBRARY_PATH")
-        environment["LD_LIBRARY_PATH"] = f"{library_dir}{os.pathsep}{current}" if current else str(library_dir)
+    # The CUDA runtime wheel, and libb64 where `make` unpacked it into the virtual environment without root.
+    library_dirs = [str(path) for path in (cuda_runtime_library_dir(), *local_library_dirs()) if path is not None]
+    if environment.get("LD_LIBRARY_PATH"):
+        library_dirs.append(environment["LD_LIBRARY_PATH"])
+    if library_dirs:
+        environment["LD_LIBRARY_PATH"] = os.pathsep.join(library_dirs)
     return environment
 
 
@@ -149,7 +154,7 @@ def why_perf_analyzer_cannot_run() -> str | None:
         return f"{binary} cannot start: {error}"
     if probe.returncode != 0:
         message = (probe.stderr or probe.stdout).strip()
-        hint = " (install the Debian package libb64-0d)" if "libb64" in message else ""
+        hint = " (`make system-packages` installs libb64-0d)" if "libb64" in message else ""
         hint += " (pip install nvidia-cuda-runtime-cu12)" if "libcudart" in message else ""
         return f"{binary} --version failed with status {probe.returncode}: {message[-500:]}{hint}"
     return None

@@ -31,6 +31,7 @@ class ServedPipeline:
     grpc_url: str
     http_url: str
     onnx_dir: Path
+    repository: Path
     # True when the graphs hold the committed trained weights, False for untrained networks.
     trained: bool
 
@@ -75,7 +76,7 @@ def served_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served
     )
     with server:
         endpoints = server.endpoints
-        yield ServedPipeline(endpoints.grpc_url, endpoints.http_url, onnx_dir, trained)
+        yield ServedPipeline(endpoints.grpc_url, endpoints.http_url, onnx_dir, repository, trained)
 
 
 def blotched_image(rng: np.random.Generator) -> np.ndarray:

@@ -555,7 +555,8 @@ def test_dockerfile_runs_unprivileged_with_health_check_and_entrypoint() -> None
     arguments = {instruction: a for instruction, a in instructions}
     assert re.fullmatch(r"\d+", arguments["USER"]) and int(arguments["USER"]) != 0
     assert arguments["EXPOSE"].split() == ["8000", "8001", "8002"]
-    assert "/v2/health/ready" in arguments["HEALTHCHECK"]
+    # A real inference, not the ready endpoint, which answers 200 while a dead step fails every request.
+    assert '"alpr.probe"' in arguments["HEALTHCHECK"]
     assert arguments["ENTRYPOINT"] == '["/opt/alpr/entrypoint.sh"]'
     copies = [a.split() for i, a in instructions if i == "COPY"]
     assert ["--chmod=755", "deploy/entrypoint.sh", "/opt/alpr/entrypoint.sh"] in copies
@@ -628,8 +629,12 @@ def test_manifests_refer_to_each_other_consistently() -> None:
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    for probe in (container["readinessProbe"], container["livenessProbe"]):
+        # A real inference through the ensemble, on the container's own HTTP port, within the probe's timeout.
+        command = probe["exec"]["command"]
+        assert command[:3] == ["python3", "-m", "alpr.probe"]
+        assert command[command.index("--url") + 1] == f"127.0.0.1:{ports['http']}"
+        assert float(command[command.index("--timeout") + 1]) < probe["timeoutSeconds"] + 1e-9
     volumes = {volume["name"]: volume for volume in pod["spec"]["volumes"]}
     mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
     assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"

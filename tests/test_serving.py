@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from triton_requests import ENSEMBLE_OUTPUTS, infer
+from triton_requests import assert_same_plates, infer
 from tritonclient.utils import InferenceServerException
 
 from alpr import spec
@@ -45,7 +45,7 @@ def test_server_and_every_model_are_ready(served_pipeline) -> None:
         assert client.is_model_ready(model), model
     with urllib.request.urlopen(f"http://{served_pipeline.http_url}/v2/models/{spec.ENSEMBLE_NAME}") as response:
         metadata = json.load(response)
-    assert [tensor["name"] for tensor in metadata["outputs"]] == list(ENSEMBLE_OUTPUTS)
+    assert [tensor["name"] for tensor in metadata["outputs"]] == list(spec.OUTPUT_NAMES)
 
 
 def test_served_ensemble_reproduces_the_in_process_graphs(served_pipeline, test_images) -> None:
@@ -180,12 +180,7 @@ def test_sixteen_concurrent_clients_get_the_sequential_answers(served_pipeline, 
         for client in clients:
             client.close()
     for (_, index), plates in zip(work, answers, strict=True):
-        expected = sequential[index]
-        assert [p.text for p in plates] == [p.text for p in expected]
-        for name in ("box", "det_score", "text_score"):
-            np.testing.assert_allclose(
-                [getattr(p, name) for p in plates], [getattr(p, name) for p in expected], rtol=1e-5, atol=1e-3
-            )
+        assert_same_plates(plates, sequential[index])
 
 
 def test_real_photos_are_answered_as_the_pytorch_pipeline_answers(served_pipeline) -> None:

@@ -1,16 +1,16 @@
-"""One raw gRPC request to any model of a running server, for tests that call steps directly."""
+"""One raw gRPC request to any model of a running server, for tests that call steps directly; comparing answers."""
 
 from __future__ import annotations
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-# What the ensemble answers.
-ENSEMBLE_OUTPUTS = ("boxes", "det_scores", "texts", "text_scores")
+from alpr import spec
+from alpr.client import Plate
 
 
 def infer(
-    url: str, model: str, inputs: dict[str, tuple[np.ndarray, str]], outputs: tuple[str, ...] = ENSEMBLE_OUTPUTS
+    url: str, model: str, inputs: dict[str, tuple[np.ndarray, str]], outputs: tuple[str, ...] = spec.OUTPUT_NAMES
 ) -> dict[str, np.ndarray]:
     """Send ``inputs`` (name -> (array, Triton datatype)) to ``model``; returns ``outputs`` by name, in that order."""
     client = grpcclient.InferenceServerClient(url)
@@ -24,3 +24,16 @@ def infer(
         return {name: result.as_numpy(name) for name in outputs}
     finally:
         client.close()
+
+
+def assert_same_plates(actual: list[Plate], expected: list[Plate]) -> None:
+    """The same texts, and boxes and scores within what batching changes in float32 arithmetic."""
+    assert [plate.text for plate in actual] == [plate.text for plate in expected]
+    for name in ("box", "det_score", "text_score"):
+        np.testing.assert_allclose(
+            [getattr(plate, name) for plate in actual],
+            [getattr(plate, name) for plate in expected],
+            rtol=1e-5,
+            atol=1e-3,
+            err_msg=name,
+        )

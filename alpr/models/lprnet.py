@@ -27,7 +27,6 @@ _TAP_POOLING: dict[int, tuple[tuple[int, int], tuple[int, int]] | None] = {
     13: ((4, 10), (4, 2)),  # 256 x 18 x 44 -> 4 x 18
     22: None,  # classes x 4 x 18
 }
-GLOBAL_CONTEXT_TAPS = tuple(_TAP_POOLING)
 
 
 class SmallBasicBlock(nn.Module):

@@ -87,11 +87,6 @@ def iter_scenes(
         yield scene_at(seed, index, sizes, max_plates, empty_share, camera)
 
 
-def iter_heldout() -> Iterator[Scene]:
-    """The fixed held-out scenes (``HELDOUT_COUNT`` of mixed sizes, about 10 % without plates)."""
-    return iter_scenes(HELDOUT_SEED, HELDOUT_COUNT, HELDOUT_SIZES)
-
-
 def random_plate_patch(rng: np.random.Generator, widths: tuple[float, float] = PATCH_PLATE_WIDTHS) -> PlateSample:
     """One recogniser patch with a plate ``widths[0]``..``widths[1]`` pixels wide (log-uniform)."""
     log_width = rng.uniform(math.log(widths[0]), math.log(widths[1]))

@@ -17,6 +17,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from alpr.system_packages import local_root
+
 
 @dataclass(frozen=True)
 class FontFace:
@@ -42,7 +44,6 @@ FIGURES_FACE = FontFace(
 )
 # Characters drawn from FIGURES_FACE; every other one from MAIN_FACE.
 FIGURES_FACE_CHARS = frozenset("569")
-PLATE_FONT_PACKAGES = (MAIN_FACE.package, FIGURES_FACE.package)
 
 
 class PlateFontNotFoundError(FileNotFoundError):
@@ -68,8 +69,8 @@ def _fc_match(family: str) -> Path | None:
 def missing_font_message(face: FontFace) -> str:
     """What to do when ``face`` is missing."""
     return (
-        f"the plate font {face.family} is not installed: `apt-get install {face.package}` (Debian), "
-        f"or point {face.env} at its TrueType file"
+        f"the plate font {face.family} is not installed: `make system-packages` (or `apt-get install {face.package}` "
+        f"on Debian), or point {face.env} at its TrueType file"
     )
 
 
@@ -81,7 +82,8 @@ def font_path(face: FontFace) -> Path:
         if not Path(override).is_file():
             raise PlateFontNotFoundError(f"{face.env}={override} is not a file")
         return Path(override)
-    for candidate in face.known_paths:
+    # The system's copy, else the one `make` unpacked into the virtual environment without root.
+    for candidate in (*face.known_paths, *(str(local_root() / path.lstrip("/")) for path in face.known_paths)):
         if Path(candidate).is_file():
             return Path(candidate)
     matched = _fc_match(face.family)

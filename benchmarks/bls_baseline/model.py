@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from alpr import spec
 from alpr.ctc import decode_plates
-
-OUTPUTS = ("boxes", "det_scores", "texts", "text_scores")
 
 
 class StepFailedError(RuntimeError):
@@ -69,6 +68,6 @@ class TritonPythonModel:
             except (StepFailedError, ValueError) as error:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error))))
                 continue
-            tensors = [pb_utils.Tensor(name, value) for name, value in zip(OUTPUTS, plates, strict=True)]
+            tensors = [pb_utils.Tensor(name, value) for name, value in zip(spec.OUTPUT_NAMES, plates, strict=True)]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses

@@ -8,18 +8,29 @@ text_scores [N] (probability of the greedy path). The decoding itself is ``alpr.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
 from alpr.ctc import decode_plates
+from alpr.spec import OUTPUT_NAMES, RESTARTS_METRIC, RESTARTS_VARIABLE
 
 INPUTS = ("logits", "plate_boxes", "plate_scores")
-OUTPUTS = ("boxes", "det_scores", "texts", "text_scores")
 
 
 class TritonPythonModel:
     """Decodes each request on its own: the work is microseconds per plate."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        """Publish the launcher's restart count on the server's metrics endpoint (a gauge: every instance sets it)."""
+        self.restarts_family = pb_utils.MetricFamily(
+            name=RESTARTS_METRIC,
+            description="times the launcher restarted the server after a step's process or the server died",
+            kind=pb_utils.MetricFamily.GAUGE,
+        )
+        self.restarts = self.restarts_family.Metric(labels={})
+        self.restarts.set(float(os.environ.get(RESTARTS_VARIABLE, "0")))
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses = []
@@ -33,6 +44,6 @@ class TritonPythonModel:
                     pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL))
                 )
                 continue
-            tensors = [pb_utils.Tensor(name, value) for name, value in zip(OUTPUTS, outputs, strict=True)]
+            tensors = [pb_utils.Tensor(name, value) for name, value in zip(OUTPUT_NAMES, outputs, strict=True)]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
