@@ -29,6 +29,9 @@ PYTEST_ARGS ?=
 # make serve: USE_DOCKER=0 keeps the embedded CPU server even where Docker has the NVIDIA runtime.
 USE_DOCKER ?= 1
 IMAGE ?= alpr-triton
+# make soak: seconds of load and concurrent clients.
+SOAK_DURATION ?= 1800
+SOAK_CONCURRENCY ?= 16
 
 # make train-gpu: seconds of training for each model, and where its runs and logs go.
 GPU_BUDGET ?= 1800
@@ -41,7 +44,7 @@ STAMP := $(VENV)/.installed
 WEIGHT_FLAGS = $(if $(DETECTOR_WEIGHTS),--detector-weights $(DETECTOR_WEIGHTS)) \
 	$(if $(LPRNET_WEIGHTS),--lprnet-weights $(LPRNET_WEIGHTS)) $(if $(STN_WEIGHTS),--stn-weights $(STN_WEIGHTS))
 
-.PHONY: help install system-packages samples data train train-detector train-recogniser recogniser-weights train-gpu eval thresholds onnx engines serve serve-cpu serve-gpu demo test lint \
+.PHONY: help install system-packages samples data soak train train-detector train-recogniser recogniser-weights train-gpu eval thresholds onnx engines serve serve-cpu serve-gpu demo test lint \
 	bench analyze clean
 
 help: ## list the targets and their settings
@@ -147,6 +150,10 @@ lint: $(STAMP) ## ruff check and format check
 bench: $(STAMP) | system-packages ## perf_analyzer: ensemble vs BLS baseline vs in-process floor; writes benchmarks/RESULTS.md (ARGS="--note ...")
 	@test -f $(REPOSITORY)/detector/1/model.onnx || $(MAKE) --no-print-directory engines TARGET=cpu
 	$(PY) -m benchmarks.run $(ARGS)
+
+soak: $(STAMP) | system-packages ## SOAK_DURATION s at SOAK_CONCURRENCY: every answer checked, server memory sampled; build/soak/
+	@test -f $(REPOSITORY)/detector/1/model.onnx || $(MAKE) --no-print-directory engines TARGET=cpu
+	$(PY) -m benchmarks.soak --repository $(REPOSITORY) --duration $(SOAK_DURATION) --concurrency $(SOAK_CONCURRENCY)
 
 analyze: $(STAMP) | system-packages ## Triton Model Analyzer quick search over the composing models; report in benchmarks/
 	@test -f $(REPOSITORY)/detector/1/model.onnx || $(MAKE) --no-print-directory engines TARGET=cpu

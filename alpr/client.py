@@ -139,6 +139,15 @@ def plates_from_result(result: Any) -> list[Plate]:
     ]
 
 
+def plates_agree(actual: list[Plate], expected: list[Plate], *, rtol: float = 1e-5, atol: float = 1e-3) -> bool:
+    """The same texts, and boxes and scores within what dynamic batching changes in float32 arithmetic."""
+    if [plate.text for plate in actual] != [plate.text for plate in expected]:
+        return False
+    fields = ("box", "det_score", "text_score")
+    values = [([getattr(p, name) for p in actual], [getattr(p, name) for p in expected]) for name in fields]
+    return all(np.allclose(mine, theirs, rtol=rtol, atol=atol) for mine, theirs in values)
+
+
 class SharedMemoryError(RuntimeError):
     """The requested kind of shared memory cannot be used on this host."""
 

@@ -32,6 +32,7 @@ class ServedPipeline:
     http_url: str
     onnx_dir: Path
     repository: Path
+    server_pid: int
     # True when the graphs hold the committed trained weights, False for untrained networks.
     trained: bool
 
@@ -76,7 +77,8 @@ def served_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served
     )
     with server:
         endpoints = server.endpoints
-        yield ServedPipeline(endpoints.grpc_url, endpoints.http_url, onnx_dir, repository, trained)
+        assert server.process is not None
+        yield ServedPipeline(endpoints.grpc_url, endpoints.http_url, onnx_dir, repository, server.process.pid, trained)
 
 
 def blotched_image(rng: np.random.Generator) -> np.ndarray:

@@ -36,6 +36,7 @@ from benchmarks.perf_analyzer import (
 from benchmarks.report import acceptance, write_report
 from benchmarks.run import compare_answers, composing_models
 from benchmarks.server_stats import read_counters, step_times
+from benchmarks.soak import soak
 
 # A short, lenient measurement: this checks that the harness works, not how fast anything is.
 SMOKE_SETTINGS = MeasurementSettings(measurement_interval_ms=1000, stability_percentage=50, max_trials=4)
@@ -274,3 +275,11 @@ def test_bls_baseline_serves_the_same_answers(served_pipeline, served_repository
         stats = statistics[STEP_PREFIX + step.name]
         assert stats.inference_stats.success.count == len(images)
         assert stats.execution_count == len(images)
+
+
+def test_a_short_soak_at_concurrency_16_gets_no_wrong_answer(served_pipeline, test_images) -> None:
+    # The server of the other tests: `make soak` runs the same for 30 minutes on a server of its own.
+    summary = soak(served_pipeline.grpc_url, served_pipeline.server_pid, test_images[:6], 20.0, 16, sample_every_s=2)
+    assert summary.answered >= 16, summary.lines()
+    assert (summary.wrong, summary.errors, summary.crashed) == (0, 0, False), summary.first_wrong + summary.first_errors
+    assert len(summary.memory_samples) >= 5 and summary.memory_start_mib > 0
