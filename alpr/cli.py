@@ -2,6 +2,10 @@
 
     lpr car.jpg photos/ 'shots/**/*.png' dashcam.mp4 --video-stride 10 --concurrency 8 --annotate-dir out/
 
+Image files are sent as they are, to ``plate_recognition_encoded``, which decodes them in the server (a JPEG is 10-30
+times smaller than its pixels); ``--send pixels`` decodes them here and sends the pixels to ``plate_recognition``,
+as for video frames and shared memory.
+
 Each line on stdout is ``{"source": ..., ["frame": ...,] "plates": [{"box", "det_score", "text", "text_score"}]}``
 (or ``"error"`` instead of ``"plates"``), in input order; a progress bar goes to stderr.
 """
@@ -40,6 +44,8 @@ class Item:
     frame: int | None
     image: np.ndarray | None
     error: str | None = None
+    # The encoded file, when it is sent as it is (the server decodes it).
+    data: bytes | None = None
 
 
 def expand_sources(arguments: list[str]) -> list[Path]:
@@ -59,11 +65,24 @@ def expand_sources(arguments: list[str]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def read_items(sources: list[Path], video_stride: int) -> Iterator[Item]:
-    """Decode the sources lazily: every image file, and every ``video_stride``-th frame of every video."""
+def read_items(sources: list[Path], video_stride: int, send_files: bool = False, decode: bool = True) -> Iterator[Item]:
+    """Read the sources lazily: every image file, and every ``video_stride``-th frame of every video.
+
+    With ``send_files`` an image file's bytes go to the server as they are, and it is decoded here only when
+    ``decode`` (to draw on it).
+    """
     for path in sources:
         if path.suffix.lower() in VIDEO_SUFFIXES:
             yield from _video_frames(path, video_stride)
+            continue
+        if send_files:
+            try:
+                data = path.read_bytes()
+            except OSError as error:
+                yield Item(str(path), None, None, f"cannot read the file: {error}")
+                continue
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if decode and data else None
+            yield Item(str(path), None, image, None, data)
             continue
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         yield Item(str(path), None, image, None if image is not None else "cannot decode the image")
@@ -110,6 +129,8 @@ def annotation_path(directory: Path, item: Item) -> Path:
 
 
 async def _recognise(recognizer: AsyncPlateRecognizer, item: Item) -> list[Plate]:
+    if item.data is not None:
+        return await recognizer.recognize_file(item.data)
     assert item.image is not None
     return await recognizer.recognize(item.image)
 
@@ -150,10 +171,16 @@ async def run(args: argparse.Namespace) -> int:
             cv2.imwrite(str(annotation_path(args.annotate_dir, item)), annotate(item.image, plates))
         progress.update()
 
+    send_files = args.send == "file" and args.shared_memory == "none"
     async with AsyncPlateRecognizer(
-        args.url, model=args.model, retries=args.retries, convert=True, shared_memory=args.shared_memory
+        args.url,
+        model=args.model,
+        encoded_model=args.encoded_model,
+        retries=args.retries,
+        convert=True,
+        shared_memory=args.shared_memory,
     ) as recognizer:
-        items = read_items(sources, args.video_stride)
+        items = read_items(sources, args.video_stride, send_files, decode=args.annotate_dir is not None)
         while True:
             # Decoding runs in a worker thread so requests already sent keep flowing meanwhile.
             item = await asyncio.to_thread(next, items, None)
@@ -173,7 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lpr", description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", help="image or video files, folders, or globs (quote them)")
     parser.add_argument("--url", default=DEFAULT_URL, help=f"gRPC address of the server (default {DEFAULT_URL})")
-    parser.add_argument("--model", default=spec.ENSEMBLE_NAME, help="ensemble to call")
+    parser.add_argument("--model", default=spec.ENSEMBLE_NAME, help="ensemble to call with pixels")
+    parser.add_argument("--encoded-model", default=spec.ENCODED_ENSEMBLE_NAME, help="ensemble to call with image files")
+    parser.add_argument(
+        "--send",
+        choices=("file", "pixels"),
+        default="file",
+        help="image files: send the file for the server to decode (default), or decode here and send the pixels",
+    )
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
     parser.add_argument("--retries", type=int, default=3, help="resend requests the server refused for overload")
     parser.add_argument(
@@ -187,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-text-score",
         type=float,
         default=0.0,
-        help="leave out plates read with a lower text score (0..1; the README lists what each floor keeps)",
+        help="leave out plates read with a lower text score (0..1; docs/ACCURACY.md lists what each floor keeps)",
     )
     parser.add_argument("--annotate-dir", type=Path, help="write copies with boxes and texts drawn here")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -297,6 +297,15 @@ class _RegionPool:
             self.free(region)
 
 
+def _encoded_request(data: bytes, module: Any) -> tuple[list[Any], list[Any]]:
+    """The encoded ensemble's inputs and outputs for one image file's bytes."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"an image file's bytes expected, got {type(data).__name__}")
+    tensor = module.InferInput(spec.ENCODED_INPUT, [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([bytes(data)], dtype=np.object_))
+    return [tensor], [module.InferRequestedOutput(name) for name in spec.OUTPUT_NAMES]
+
+
 class _Recognizer:
     """Options and connection shared by the blocking and the asyncio client."""
 
@@ -307,12 +316,14 @@ class _Recognizer:
         url: str = DEFAULT_URL,
         *,
         model: str = spec.ENSEMBLE_NAME,
+        encoded_model: str = spec.ENCODED_ENSEMBLE_NAME,
         timeout_s: float | None = None,
         retries: int = 0,
         convert: bool = False,
         shared_memory: str = "none",
     ) -> None:
         self.model = model
+        self.encoded_model = encoded_model
         self.timeout_s = timeout_s
         self.retries = retries
         self.convert = convert
@@ -354,6 +365,13 @@ class PlateRecognizer(_Recognizer):
         finally:
             self.regions.put(region)
 
+    def recognize_file(self, data: bytes) -> list[Plate]:
+        """Plates found in an encoded image file (JPEG, PNG, WebP, BMP, TIFF), decoded by the server.
+
+        A camera's JPEG is 10-30 times smaller than its pixels: what to send over a real network.
+        """
+        return self._infer(*_encoded_request(data, grpcclient), model=self.encoded_model)
+
     def _fit(self, region: _Region, image: np.ndarray) -> None:
         """Make ``region`` large enough, registered, and holding ``image``."""
         assert self.regions is not None
@@ -373,10 +391,10 @@ class PlateRecognizer(_Recognizer):
             region.registered = False
         self.regions.free(region)
 
-    def _infer(self, inputs: list[Any], outputs: list[Any]) -> list[Plate]:
+    def _infer(self, inputs: list[Any], outputs: list[Any], model: str | None = None) -> list[Plate]:
         for attempt in range(self.retries + 1):
             try:
-                result = self.client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
+                result = self.client.infer(model or self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
                 return plates_from_result(result)
             except InferenceServerException as error:
                 if not self._should_retry(error, attempt):
@@ -424,6 +442,10 @@ class AsyncPlateRecognizer(_Recognizer):
         finally:
             self.regions.put(region)
 
+    async def recognize_file(self, data: bytes) -> list[Plate]:
+        """Plates found in an encoded image file, decoded by the server (see ``PlateRecognizer.recognize_file``)."""
+        return await self._infer(*_encoded_request(data, aioclient), model=self.encoded_model)
+
     async def _fit(self, region: _Region, image: np.ndarray) -> None:
         """Make ``region`` large enough, registered, and holding ``image``."""
         assert self.regions is not None
@@ -443,10 +465,12 @@ class AsyncPlateRecognizer(_Recognizer):
             region.registered = False
         self.regions.free(region)
 
-    async def _infer(self, inputs: list[Any], outputs: list[Any]) -> list[Plate]:
+    async def _infer(self, inputs: list[Any], outputs: list[Any], model: str | None = None) -> list[Plate]:
         for attempt in range(self.retries + 1):
             try:
-                result = await self.client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
+                result = await self.client.infer(
+                    model or self.model, inputs, outputs=outputs, client_timeout=self.timeout_s
+                )
                 return plates_from_result(result)
             except InferenceServerException as error:
                 if not self._should_retry(error, attempt):

@@ -73,6 +73,10 @@ ENSEMBLE_NAME = "plate_recognition"
 # a detection score [N], the text [N] (BYTES) and the probability of the text [N] out.
 IMAGE_INPUT = "image"
 OUTPUT_NAMES = ("boxes", "det_scores", "texts", "text_scores")
+# The same pipeline for an encoded image file: one BYTES element [1] holding a JPEG, PNG, WebP, BMP or TIFF file,
+# decoded inside the server; the same outputs.
+ENCODED_ENSEMBLE_NAME = "plate_recognition_encoded"
+ENCODED_INPUT = "encoded"
 
 # Operations: the launcher (alpr.server) tells the steps through this variable how often it restarted the server after
 # a step's process or the server died, and the CTC decoder publishes it as this gauge on the metrics endpoint.

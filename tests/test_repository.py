@@ -12,6 +12,7 @@ from alpr.repository import (
     TARGETS,
     decoder_step,
     graph_steps,
+    image_decoder_step,
     model_file_name,
     repository_files,
     write_repository,
@@ -33,22 +34,25 @@ def parsed_configs(
 @pytest.mark.parametrize("target", TARGETS)
 def test_configs_parse_and_name_their_directory(target: str) -> None:
     configs = parsed_configs(target)
-    assert set(configs) == {spec.ENSEMBLE_NAME, "preprocess", "detector", "crop", "stn", "lprnet", "ctc_decoder"}
+    steps = {"image_decoder", "preprocess", "detector", "crop", "stn", "lprnet", "ctc_decoder"}
+    assert set(configs) == {spec.ENSEMBLE_NAME, spec.ENCODED_ENSEMBLE_NAME, *steps}
     for directory, config in configs.items():
         assert config.name == directory
         assert config.platform or config.backend
 
 
-def test_ensemble_config_is_byte_identical_on_every_target() -> None:
-    path = f"{spec.ENSEMBLE_NAME}/config.pbtxt"
+@pytest.mark.parametrize("ensemble", [spec.ENSEMBLE_NAME, spec.ENCODED_ENSEMBLE_NAME])
+def test_ensemble_config_is_byte_identical_on_every_target(ensemble: str) -> None:
+    path = f"{ensemble}/config.pbtxt"
     texts = {target: repository_files(target)[path] for target in TARGETS}
     assert len(set(texts.values())) == 1
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_ensemble_wiring_matches_every_step(target: str) -> None:
+@pytest.mark.parametrize("encoded", [False, True], ids=["pixels", "encoded"])
+def test_ensemble_wiring_matches_every_step(target: str, encoded: bool) -> None:
     configs = parsed_configs(target)
-    ensemble = configs.pop(spec.ENSEMBLE_NAME)
+    ensemble = configs[spec.ENCODED_ENSEMBLE_NAME if encoded else spec.ENSEMBLE_NAME]
     available = {tensor.name for tensor in ensemble.input}
     for step in ensemble.ensemble_scheduling.step:
         model = configs[step.model_name]
@@ -59,6 +63,7 @@ def test_ensemble_wiring_matches_every_step(target: str) -> None:
         available |= set(step.output_map.values())
     assert {tensor.name for tensor in ensemble.output} <= available
     assert [step.model_name for step in ensemble.ensemble_scheduling.step] == [
+        *(["image_decoder"] if encoded else []),
         "preprocess",
         "detector",
         "crop",
@@ -80,6 +85,10 @@ def test_ensemble_contract() -> None:
         "texts": (mc.TYPE_STRING, [-1]),
         "text_scores": (mc.TYPE_FP32, [-1]),
     }
+    encoded = parsed_configs("cpu")[spec.ENCODED_ENSEMBLE_NAME]
+    (file,) = encoded.input
+    assert (file.name, file.data_type, list(file.dims)) == (spec.ENCODED_INPUT, mc.TYPE_STRING, [1])
+    assert list(encoded.output) == list(ensemble.output)
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -92,7 +101,7 @@ def test_batching_steps_batch_dynamically_and_refuse_overload(target: str) -> No
         assert batching.max_queue_delay_microseconds > 0
         assert batching.preferred_batch_size
         assert max(batching.preferred_batch_size) <= config.max_batch_size
-    for name in ("preprocess", "detector", "stn", "lprnet"):
+    for name in ("image_decoder", "preprocess", "detector", "stn", "lprnet"):
         policy = configs[name].dynamic_batching.default_queue_policy
         assert policy.timeout_action == mc.ModelQueuePolicy.REJECT
         assert policy.max_queue_size > 0
@@ -191,6 +200,8 @@ def test_write_repository_copies_the_onnx_graphs(tmp_path, target: str) -> None:
         assert (out / step.name / "1" / model_file_name(target)).read_bytes() == step.name.encode()
     assert (out / spec.ENSEMBLE_NAME / "1").is_dir()
     assert (out / decoder_step().name / "1" / "model.py").is_file()
+    assert (out / image_decoder_step().name / "1" / "model.py").is_file()
+    assert (out / spec.ENCODED_ENSEMBLE_NAME / "1").is_dir()
 
 
 def test_write_repository_names_a_missing_graph(tmp_path) -> None:
