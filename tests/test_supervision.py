@@ -3,6 +3,7 @@
 A step's process killed under load: the launcher restarts the server, readiness is false meanwhile, no answer is
 wrong, and within 30 s every image is answered as before. A killed launcher takes its server and every step's process
 with it; SIGTERM stops a server with a dead step within seconds. The probe sees what the ready endpoint does not.
+Sixteen of the largest images at once are answered or refused for overload, with the server's memory bounded.
 """
 
 from __future__ import annotations
@@ -25,11 +26,15 @@ from triton_requests import assert_same_plates
 from tritonclient.utils import InferenceServerException
 
 from alpr import probe, spec
-from alpr.client import Plate, PlateRecognizer
+from alpr.client import Plate, PlateRecognizer, is_overload
 from alpr.paths import repo_root
 from alpr.server import Endpoints, StepProcess, free_ports, step_processes
+from benchmarks.soak import process_family_pss_mib
 
 RECOVERY_S = 30.0
+# 16 images of 4096x4096 at once peaked at 3.1 GiB (PSS of the server and its steps) on a 2-core machine; the
+# entry queue admits at most 64 requests (3 GiB of such images) and the rest is refused.
+PRESSURE_MEMORY_BOUND_MIB = 8 * 1024
 GONE_AFTER_KILL_S = 15.0
 CONCURRENCY = 8
 
@@ -221,3 +226,39 @@ def test_the_probe_fails_where_nothing_listens() -> None:
 
 def test_a_process_without_stubs_has_no_step_processes() -> None:
     assert step_processes(os.getpid()) == []
+
+
+def test_sixteen_largest_images_at_once_are_answered_or_refused_within_bounded_memory(served_pipeline) -> None:
+    """16 clients send a 4096x4096 image each at once: no crash, no other error, memory bounded and kept serving."""
+    image = np.random.default_rng(11).integers(0, 256, (spec.MAX_IMAGE_SIDE, spec.MAX_IMAGE_SIDE, 3), dtype=np.uint8)
+    outcomes: list[str] = []
+    peak_mib, stop = [0.0], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak_mib[0] = max(peak_mib[0], process_family_pss_mib(served_pipeline.server_pid))
+            time.sleep(0.2)
+
+    def client() -> None:
+        with PlateRecognizer(served_pipeline.grpc_url, timeout_s=300) as recognizer:
+            try:
+                recognizer.recognize(image)
+                outcomes.append("answered")
+            except InferenceServerException as error:
+                outcomes.append("refused" if is_overload(error) else str(error))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            for future in [pool.submit(client) for _ in range(16)]:
+                future.result()
+    finally:
+        stop.set()
+        sampler.join()
+    assert set(outcomes) <= {"answered", "refused"}, outcomes
+    assert outcomes.count("answered") >= 1
+    assert alive(served_pipeline.server_pid) and step_processes(served_pipeline.server_pid)
+    assert peak_mib[0] < PRESSURE_MEMORY_BOUND_MIB, f"peak {peak_mib[0]:.0f} MiB"
+    with PlateRecognizer(served_pipeline.grpc_url) as recognizer:
+        assert recognizer.recognize(np.full((480, 640, 3), 128, np.uint8)) == []
