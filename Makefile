@@ -83,7 +83,7 @@ train-detector: $(STAMP) | system-packages ## train the YOLOv5n plate detector (
 	$(PY) -m alpr.train.detector $(ARGS) $(DETECTOR_ARGS)
 
 train-recogniser: $(STAMP) | system-packages ## train STN + LPRNet with CTC on synthetic plates (add ARGS="--resume" to continue)
-	$(PY) -m alpr.train.recognizer $(ARGS) $(RECOGNISER_ARGS)
+	$(PY) -m alpr.train.recogniser $(ARGS) $(RECOGNISER_ARGS)
 
 recogniser-weights: $(STAMP) ## write the default STN + LPRNet (alpr/weights/) from the published checkpoints in ../shared
 	$(PY) -m alpr.models.published
@@ -91,7 +91,7 @@ recogniser-weights: $(STAMP) ## write the default STN + LPRNet (alpr/weights/) f
 # No $(STAMP): a GPU machine brings its own CUDA PyTorch (make train-gpu PY=python3).
 train-gpu: ## continue the committed weights on one GPU, both models at once, GPU_BUDGET s each; logs in GPU_RUNS
 	mkdir -p $(GPU_RUNS)
-	$(PY) -m alpr.train.recognizer --device cuda --init-stn alpr/weights/stn.pt --init-lprnet alpr/weights/lprnet.pt \
+	$(PY) -m alpr.train.recogniser --device cuda --init-stn alpr/weights/stn.pt --init-lprnet alpr/weights/lprnet.pt \
 		--time-budget $(GPU_BUDGET) --iterations 100000000 --batch-size 64 --lr 1e-3 --replay 4 --workers 5 \
 		--eval-every 1000 --run-dir $(GPU_RUNS)/recogniser $(ARGS) $(RECOGNISER_ARGS) >$(GPU_RUNS)/recogniser.log 2>&1 & recogniser=$$!; \
 	$(PY) -m alpr.train.detector --device cuda --init alpr/weights/detector.pt --tile-size 640 \
@@ -128,7 +128,7 @@ serve-cpu: $(STAMP) ## the real tritonserver of nvidia-pytriton on the CPU (engi
 	@test -f $(REPOSITORY)/detector/1/model.onnx || $(MAKE) --no-print-directory engines TARGET=cpu
 	@# Sample images for the README's example; serving itself needs no fonts, so it goes on without them.
 	@$(MAKE) --no-print-directory samples || echo "make serve: no sample images in $(IMAGES) (see above); serving anyway"
-	$(PY) -m alpr.server serve --repository $(REPOSITORY) --host $(HOST) \
+	$(PY) -m alpr.serving.server serve --repository $(REPOSITORY) --host $(HOST) \
 		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
 serve-gpu: ## Dockerfile.triton on the GPU: TensorRT plans built at first start into the volume alpr-engines
@@ -143,9 +143,10 @@ demo: $(STAMP) $(IMAGES)/annotations.json | system-packages ## send the sample i
 test: $(STAMP) | system-packages ## run the test suite (starts its own Triton server on free ports)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff check and format check
+lint: $(STAMP) ## ruff check and format check, mypy type check of alpr/
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: $(STAMP) | system-packages ## perf_analyzer: ensemble vs BLS baseline vs in-process floor; writes benchmarks/RESULTS.md (ARGS="--note ...")
 	@test -f $(REPOSITORY)/detector/1/model.onnx || $(MAKE) --no-print-directory engines TARGET=cpu

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from alpr import spec
-from alpr.client import DEFAULT_URL, SHARED_MEMORY_KINDS, AsyncPlateRecognizer, Plate, SharedMemoryError
+from alpr.client import DEFAULT_URL, SHARED_MEMORY_KINDS, AsyncPlateRecogniser, Plate, SharedMemoryError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
@@ -128,11 +128,11 @@ def annotation_path(directory: Path, item: Item) -> Path:
     return directory / name
 
 
-async def _recognise(recognizer: AsyncPlateRecognizer, item: Item) -> list[Plate]:
+async def _recognise(recogniser: AsyncPlateRecogniser, item: Item) -> list[Plate]:
     if item.data is not None:
-        return await recognizer.recognize_file(item.data)
+        return await recogniser.recognise_file(item.data)
     assert item.image is not None
-    return await recognizer.recognize(item.image)
+    return await recogniser.recognise(item.image)
 
 
 def _record(item: Item, plates: list[Plate] | None, error: str | None) -> dict:
@@ -172,21 +172,21 @@ async def run(args: argparse.Namespace) -> int:
         progress.update()
 
     send_files = args.send == "file" and args.shared_memory == "none"
-    async with AsyncPlateRecognizer(
+    async with AsyncPlateRecogniser(
         args.url,
         model=args.model,
         encoded_model=args.encoded_model,
         retries=args.retries,
         convert=True,
         shared_memory=args.shared_memory,
-    ) as recognizer:
+    ) as recogniser:
         items = read_items(sources, args.video_stride, send_files, decode=args.annotate_dir is not None)
         while True:
             # Decoding runs in a worker thread so requests already sent keep flowing meanwhile.
             item = await asyncio.to_thread(next, items, None)
             if item is None:
                 break
-            task = asyncio.create_task(_recognise(recognizer, item)) if item.error is None else None
+            task = asyncio.create_task(_recognise(recogniser, item)) if item.error is None else None
             in_flight.append((item, task))
             if len(in_flight) >= args.concurrency:
                 await finish_oldest()

@@ -1,7 +1,7 @@
 """Python client of the ``plate_recognition`` ensemble over gRPC, blocking and asyncio flavours.
 
->>> recognizer = PlateRecognizer("127.0.0.1:8001")
->>> for plate in recognizer.recognize(cv2.imread("car.jpg")):
+>>> recogniser = PlateRecogniser("127.0.0.1:8001")
+>>> for plate in recogniser.recognise(cv2.imread("car.jpg")):
 ...     print(plate.text, plate.text_score, plate.box)
 
 By default the image travels inside the gRPC request. With ``shared_memory="system"`` (POSIX shared memory) or
@@ -130,7 +130,7 @@ def plates_from_result(result: Any) -> list[Plate]:
     boxes, det_scores, texts, text_scores = (result.as_numpy(name) for name in spec.OUTPUT_NAMES)
     return [
         Plate(
-            box=tuple(float(v) for v in box),
+            box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
             det_score=float(det_score),
             text=text.decode() if isinstance(text, bytes) else str(text),
             text_score=float(text_score),
@@ -250,7 +250,7 @@ class _Region:
 
 
 class _RegionPool:
-    """The shared-memory regions of one recognizer: one per request in flight, reused by later requests.
+    """The shared-memory regions of one recogniser: one per request in flight, reused by later requests.
 
     Regions are created lazily, sized for the largest image seen so far; a free region too small for the next image
     is replaced by a bigger one under the same name. The lock makes taking and returning slots thread-safe; the
@@ -306,7 +306,7 @@ def _encoded_request(data: bytes, module: Any) -> tuple[list[Any], list[Any]]:
     return [tensor], [module.InferRequestedOutput(name) for name in spec.OUTPUT_NAMES]
 
 
-class _Recognizer:
+class _Recogniser:
     """Options and connection shared by the blocking and the asyncio client."""
 
     client_module: Any = grpcclient
@@ -343,8 +343,8 @@ class _Recognizer:
         return attempt < self.retries and is_overload(error)
 
 
-class PlateRecognizer(_Recognizer):
-    """Blocking client: one ``recognize`` call is one request to the ensemble. Safe to share between threads.
+class PlateRecogniser(_Recogniser):
+    """Blocking client: one ``recognise`` call is one request to the ensemble. Safe to share between threads.
 
     ``timeout_s`` bounds each call on the client side; ``retries`` is how many times a request that the server
     refused for overload is sent again, after an exponential backoff. ``convert`` accepts grayscale and BGRA images.
@@ -353,7 +353,7 @@ class PlateRecognizer(_Recognizer):
     its own region. ``"cuda"`` raises ``SharedMemoryError`` at once where there is no GPU or CUDA runtime.
     """
 
-    def recognize(self, image: np.ndarray, *, convert: bool | None = None) -> list[Plate]:
+    def recognise(self, image: np.ndarray, *, convert: bool | None = None) -> list[Plate]:
         """Plates found in a BGR ``image`` (uint8 HxWx3), best detector score first."""
         image = self._prepare(image, convert)
         if self.regions is None:
@@ -365,7 +365,7 @@ class PlateRecognizer(_Recognizer):
         finally:
             self.regions.put(region)
 
-    def recognize_file(self, data: bytes) -> list[Plate]:
+    def recognise_file(self, data: bytes) -> list[Plate]:
         """Plates found in an encoded image file (JPEG, PNG, WebP, BMP, TIFF), decoded by the server.
 
         A camera's JPEG is 10-30 times smaller than its pixels: what to send over a real network.
@@ -412,7 +412,7 @@ class PlateRecognizer(_Recognizer):
                 self.regions.free_all()
             self.client.close()
 
-    def __enter__(self) -> PlateRecognizer:
+    def __enter__(self) -> PlateRecogniser:
         return self
 
     def __exit__(
@@ -421,16 +421,16 @@ class PlateRecognizer(_Recognizer):
         self.close()
 
 
-class AsyncPlateRecognizer(_Recognizer):
-    """asyncio client (``tritonclient.grpc.aio``): many ``recognize`` calls may be in flight at once.
+class AsyncPlateRecogniser(_Recogniser):
+    """asyncio client (``tritonclient.grpc.aio``): many ``recognise`` calls may be in flight at once.
 
-    Same options as ``PlateRecognizer``; with shared memory each call in flight takes its own region from a pool
+    Same options as ``PlateRecogniser``; with shared memory each call in flight takes its own region from a pool
     that grows to the most calls ever in flight at once, so bound the concurrency (as ``lpr --concurrency`` does).
     """
 
     client_module = aioclient
 
-    async def recognize(self, image: np.ndarray, *, convert: bool | None = None) -> list[Plate]:
+    async def recognise(self, image: np.ndarray, *, convert: bool | None = None) -> list[Plate]:
         """Plates found in a BGR ``image`` (uint8 HxWx3), best detector score first."""
         image = self._prepare(image, convert)
         if self.regions is None:
@@ -442,8 +442,8 @@ class AsyncPlateRecognizer(_Recognizer):
         finally:
             self.regions.put(region)
 
-    async def recognize_file(self, data: bytes) -> list[Plate]:
-        """Plates found in an encoded image file, decoded by the server (see ``PlateRecognizer.recognize_file``)."""
+    async def recognise_file(self, data: bytes) -> list[Plate]:
+        """Plates found in an encoded image file, decoded by the server (see ``PlateRecogniser.recognise_file``)."""
         return await self._infer(*_encoded_request(data, aioclient), model=self.encoded_model)
 
     async def _fit(self, region: _Region, image: np.ndarray) -> None:
@@ -488,7 +488,7 @@ class AsyncPlateRecognizer(_Recognizer):
                 self.regions.free_all()
             await self.client.close()
 
-    async def __aenter__(self) -> AsyncPlateRecognizer:
+    async def __aenter__(self) -> AsyncPlateRecogniser:
         return self
 
     async def __aexit__(

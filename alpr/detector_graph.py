@@ -13,11 +13,22 @@ detections do not depend on the batch it was sent with, which dynamic batching n
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Protocol
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from alpr import spec
+
+if TYPE_CHECKING:
+
+    class _SymbolicGraph(Protocol):
+        """What the ONNX exporter passes a ``symbolic`` as ``g``: torch's private ``GraphContext``, whose ``op`` adds
+        a node (``torch.Graph`` as typed has no ``op``)."""
+
+        def op(self, opname: str, *raw_args: Tensor | torch.Value, **kwargs: Any) -> torch.Value: ...
+
 
 # Candidates per image entering suppression: the best-scoring boxes only, as YOLOv5's own NMS caps its input.
 PRE_NMS_TOP_K = 1000
@@ -73,7 +84,7 @@ class NonMaxSuppression(torch.autograd.Function):
     """``non_max_suppression`` in eager mode; the ONNX ``NonMaxSuppression`` operator when exported."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: object,
         boxes: Tensor,
         scores: Tensor,
@@ -85,7 +96,7 @@ class NonMaxSuppression(torch.autograd.Function):
 
     @staticmethod
     def symbolic(
-        g: torch.Graph,
+        g: _SymbolicGraph,
         boxes: torch.Value,
         scores: torch.Value,
         max_output_boxes_per_class: int,

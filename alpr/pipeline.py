@@ -44,13 +44,14 @@ class TorchPipeline:
     ) -> None:
         import torch
 
+        from alpr.crop import Crop
         from alpr.detector_graph import DetectorWithNMS
-        from alpr.geometry import DetectorViews, PlateCropper
+        from alpr.preprocess import Preprocess
 
         self.torch = torch
-        self.views = DetectorViews(tile_grid).eval()
+        self.views = Preprocess(tile_grid).eval()
         self.detector = DetectorWithNMS(detector.eval(), max_detections=max_plates).eval()
-        self.cropper = PlateCropper(tile_grid).eval()
+        self.cropper = Crop(tile_grid).eval()
         self.stn = stn.eval()
         self.lprnet = lprnet.eval()
 

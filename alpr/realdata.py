@@ -22,6 +22,7 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import cast
 
 import cv2
 import numpy as np
@@ -79,8 +80,8 @@ def _cc0_photos(root: Path, split: str) -> list[RealPhoto]:
         if _cc0_split(annotation.stem) != split:
             continue
         tree = ElementTree.parse(annotation).getroot()
-        boxes = [
-            [float(obj.findtext(f"bndbox/{key}")) for key in ("xmin", "ymin", "xmax", "ymax")]
+        boxes = [  # every VOC object has its bndbox fields (a missing one fails in float(), as before)
+            [float(cast(str, obj.findtext(f"bndbox/{key}"))) for key in ("xmin", "ymin", "xmax", "ymax")]
             for obj in tree.iter("object")
         ]
         image = root / "images" / f"{annotation.stem}.jpg"

@@ -69,6 +69,14 @@ DETECTOR_MAX_BATCH = DETECTOR_IMAGES_PER_BATCH * DETECTOR_VIEWS
 RECOGNISER_MAX_BATCH = 32
 
 ENSEMBLE_NAME = "plate_recognition"
+# Repository layout: every model serves one version, in this directory; the platforms and backends of the steps.
+MODEL_VERSION = "1"
+ENSEMBLE_PLATFORM = "ensemble"
+ONNXRUNTIME_PLATFORM = "onnxruntime_onnx"
+TENSORRT_PLATFORM = "tensorrt_plan"
+PYTHON_BACKEND = "python"
+# The project's Python-based backend that runs any ONNX step through onnxruntime (the CPU target).
+ONNXRUNTIME_PYTHON_BACKEND = "onnxruntime_python"
 # The ensemble's contract: one BGR image [H, W, 3] uint8 in; per plate a box [N, 4] (x1, y1, x2, y2 in image pixels),
 # a detection score [N], the text [N] (BYTES) and the probability of the text [N] out.
 IMAGE_INPUT = "image"
@@ -78,7 +86,8 @@ OUTPUT_NAMES = ("boxes", "det_scores", "texts", "text_scores")
 ENCODED_ENSEMBLE_NAME = "plate_recognition_encoded"
 ENCODED_INPUT = "encoded"
 
-# Operations: the launcher (alpr.server) tells the steps through this variable how often it restarted the server after
-# a step's process or the server died, and the CTC decoder publishes it as this gauge on the metrics endpoint.
+# Operations: the launcher (alpr.serving.server) tells the steps through this variable how often it restarted the
+# server after a step's process or the server died, and the CTC decoder publishes it as this gauge on the metrics
+# endpoint.
 RESTARTS_VARIABLE = "ALPR_SERVER_RESTARTS"
 RESTARTS_METRIC = "alpr_server_restarts"

@@ -25,9 +25,10 @@ from tqdm import tqdm
 from alpr import paths, realdata, spec
 from alpr.detector_graph import DetectorWithNMS
 from alpr.evaluate import save_report
-from alpr.geometry import DetectorViews, merged_plates
+from alpr.geometry import merged_plates
 from alpr.metrics import DetectionTally
 from alpr.models import load_detector
+from alpr.preprocess import Preprocess
 from alpr.synth.dataset import HELDOUT_SEED, MIXED_SIZES, iter_scenes
 
 VALIDATION_SEED = 4242
@@ -52,13 +53,13 @@ def detect_views(
     detector_weights: str | Path, samples: Iterable[tuple[np.ndarray, np.ndarray]], tile_grid: int, desc: str
 ) -> list[ViewDetections]:
     """The detector's answers on every view of each validation ``(image, true boxes)`` sample."""
-    views = DetectorViews(tile_grid).eval()
+    views = Preprocess(tile_grid).eval()
     detector = DetectorWithNMS(load_detector(detector_weights).eval(), confidence=SCORE_FLOOR).eval()
     outputs = []
     with torch.no_grad():
         for image, truth in tqdm(samples, desc=desc):
             num_dets, det_boxes, det_scores = detector(views(torch.from_numpy(np.ascontiguousarray(image))))
-            outputs.append(ViewDetections(num_dets, det_boxes, det_scores, *image.shape[:2], truth))
+            outputs.append(ViewDetections(num_dets, det_boxes, det_scores, image.shape[0], image.shape[1], truth))
     return outputs
 
 

@@ -4,7 +4,7 @@
                                  [--mode auto|ensemble|steps] [--quick]
 
 Model Analyzer starts the real tritonserver itself (local launch mode) with the backend directory and environment
-that ``alpr.server`` prepares, and drives it with the perf_analyzer of the tritonclient wheel, on the CPU.
+that ``alpr.serving.server`` prepares, and drives it with the perf_analyzer of the tritonclient wheel, on the CPU.
 
 ``ensemble`` mode profiles ``plate_recognition`` with the quick search over its composing models (all marked CPU
 only), fed with the benchmark images. Model Analyzer documents ensemble search for up to four composing models and
@@ -40,14 +40,14 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from alpr import spec
-from alpr.server import (
+from alpr.serving.repository import read_config
+from alpr.serving.server import (
     SHM_DEFAULT_BYTES,
     find_installation,
     free_ports,
     prepare_backend_directory,
     server_environment,
 )
-from benchmarks.baseline import read_config
 from benchmarks.inputs import folder_images, mixed_scenes, read_images, write_input_data, write_scenes
 from benchmarks.perf_analyzer import find_perf_analyzer, perf_analyzer_environment, why_perf_analyzer_cannot_run
 
@@ -148,7 +148,8 @@ def analyzer_config(
         "triton_output_path": str((work / "tritonserver.log").resolve()),
         "triton_server_flags": {
             "backend-directory": str(backend_directory),
-            # As alpr.server starts it; Model Analyzer takes one --backend-config, so the growth step stays default.
+            # As alpr.serving.server starts it; Model Analyzer takes one --backend-config, so the growth step stays
+            # default.
             "backend-config": f"python,shm-default-byte-size={SHM_DEFAULT_BYTES}",
         },
         "triton_server_environment": server_environment_subset,

@@ -13,15 +13,15 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from alpr import spec
 from alpr.pipeline import STEPS, OnnxPipeline
-from alpr.repository import VERSION
-from benchmarks.baseline import read_config
+from alpr.serving.repository import read_config
 from benchmarks.perf_analyzer import LoadLevel
 
 # Thread parameters of a served step: the cpu target's runner and the native onnxruntime backend name them apart.
@@ -31,7 +31,7 @@ INTRA_OP_PARAMETERS = ("intra_op_threads", "intra_op_thread_count")
 def served_graph(repository: Path, step: str) -> Path:
     """The ONNX file the server runs for ``step``."""
     config = read_config(repository / step / "config.pbtxt")
-    graph = repository / step / VERSION / (config.default_model_filename or "model.onnx")
+    graph = repository / step / spec.MODEL_VERSION / (config.default_model_filename or "model.onnx")
     if graph.suffix != ".onnx" or not graph.is_file():
         raise FileNotFoundError(f"the floor runs ONNX graphs: {graph} is not one (build the cpu repository)")
     return graph
@@ -68,7 +68,7 @@ class FloorMeasurement(LoadLevel):
 
 
 def measure_floor(
-    pipeline: OnnxPipeline,
+    pipeline: Callable[[np.ndarray], Sized],
     images: Sequence[np.ndarray],
     concurrency: int,
     *,
@@ -76,7 +76,8 @@ def measure_floor(
     warmup_s: float,
     min_requests_per_slot: int = 3,
 ) -> FloorMeasurement:
-    """Drive ``pipeline`` with ``concurrency`` closed-loop client threads and measure one window after a warm-up.
+    """Drive ``pipeline`` (the in-process pipeline, or any call on one input) with ``concurrency`` closed-loop client
+    threads and measure one window after a warm-up.
 
     The window lasts ``duration_s``, longer if needed until ``min_requests_per_slot * concurrency`` answers have
     arrived in it; throughput and latencies are those of the answers that arrive inside it. Images are taken

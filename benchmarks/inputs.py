@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,10 @@ from alpr import spec
 from alpr.paths import shared_dir
 from alpr.synth.scenes import make_scene
 
-INPUT_NAME = "image"
+INPUT_NAME = spec.IMAGE_INPUT
+ENCODED_INPUT_NAME = spec.ENCODED_INPUT
+# What a camera's JPEG encoder typically uses.
+JPEG_QUALITY = 90
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 REAL_SUFFIXES = (".jpg", ".jpeg")
 
@@ -124,6 +128,43 @@ def write_input_data(images: Sequence[BenchImage], path: Path) -> Path:
             }
             data.write(("," if index else "") + json.dumps(entry))
         data.write("]}")
+    return path
+
+
+def encoded_files(images: Sequence[BenchImage], real: Sequence[Path], quality: int = JPEG_QUALITY) -> list[bytes]:
+    """The image files a camera would send for ``images``: a real photo's own file, else the image as a JPEG."""
+    originals = {path.name: path for path in real}
+    files = []
+    for item in images:
+        if item.name in originals:
+            files.append(originals[item.name].read_bytes())
+            continue
+        ok, data = cv2.imencode(".jpg", item.image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise OSError(f"cannot encode {item.name} as JPEG")
+        files.append(data.tobytes())
+    return files
+
+
+def write_encoded_input_data(files: Sequence[bytes], path: Path) -> Path:
+    """perf_analyzer ``--input-data`` JSON for the encoded ensemble: one BYTES element per entry, each file's bytes.
+
+    perf_analyzer sends base64 content as the tensor's raw bytes, which for BYTES is each element's 4-byte
+    little-endian length followed by the element.
+    """
+    if not files:
+        raise ValueError("no files for the input data")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries = [
+        {
+            ENCODED_INPUT_NAME: {
+                "b64": base64.b64encode(struct.pack("<I", len(data)) + data).decode("ascii"),
+                "shape": [1],
+            }
+        }
+        for data in files
+    ]
+    path.write_text(json.dumps({"data": entries}))
     return path
 
 

@@ -18,6 +18,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after matplotlib.use: the backend must be chosen before pyplot loads
 
+from alpr.spec import ENSEMBLE_NAME
+from benchmarks.rounds import SGEMM_SIZE, Rounds
+
 DESIGN_LABELS = {
     "ensemble": "ensemble (product)",
     "bls": "BLS baseline (reference design)",
@@ -37,6 +40,17 @@ TARGET_ENSEMBLE_OVER_BLS = 1.5
 TARGET_ENSEMBLE_OVER_FLOOR = 0.75
 TARGET_CONCURRENCY_LATENCY = 1
 TARGET_P50_OVER_FLOOR = 1.3
+# Targets on the medians of the interleaved rounds (benchmarks/rounds.py), each also within ROUNDS_MAX_SPREAD.
+ROUND_TARGETS = {
+    "ensemble / floor": 0.9,
+    "ensemble / BLS": 1.5,
+    "ensemble / detector alone": 0.85,
+    "image files / raw pixels": 0.9,
+}
+ROUNDS_MAX_SPREAD = 0.10
+# The preprocess step's share of the server's busy time per image, and how much smaller an image file must be.
+TARGET_PREPROCESS_SHARE = 0.05
+TARGET_REQUEST_SHRINK = 10.0
 PLOT_FILES = {
     "throughput": "throughput.png",
     "latency": "latency.png",
@@ -138,6 +152,45 @@ def acceptance(results: dict[str, Any]) -> list[dict[str, Any]]:
             False,
         ),
     ]
+    rounds = _rounds(results)
+    if rounds is not None:
+        for ratio in rounds.ratios():
+            target = ROUND_TARGETS.get(ratio.name)
+            if target is None:
+                continue
+            spread = f"{100 * ratio.spread:.0f} %" if ratio.spread is not None else "n/a"
+            checks.append(
+                (
+                    f"rounds: {ratio.name}",
+                    f"median of {len(ratio.values)} interleaved rounds at concurrency {rounds.concurrency}: "
+                    f"{ratio.name} >= {target} (spread {spread}, target < {100 * ROUNDS_MAX_SPREAD:.0f} %)",
+                    ratio.median,
+                    target,
+                    True,
+                )
+            )
+    share = preprocess_share(results)
+    if share is not None:
+        checks.append(
+            (
+                "preprocess_share",
+                f"preprocess share of the steps' busy time at concurrency {high} <= {TARGET_PREPROCESS_SHARE}",
+                share,
+                TARGET_PREPROCESS_SHARE,
+                False,
+            )
+        )
+    sizes = results.get("request_bytes") or {}
+    if sizes.get("encoded"):
+        checks.append(
+            (
+                "request_shrink",
+                f"request size: raw pixels / image file >= {TARGET_REQUEST_SHRINK:g}",
+                sizes["raw"] / sizes["encoded"],
+                TARGET_REQUEST_SHRINK,
+                True,
+            )
+        )
     outcome = []
     for key, name, measured, target, at_least in checks:
         met = None if measured is None else (measured >= target if at_least else measured <= target)
@@ -147,6 +200,65 @@ def acceptance(results: dict[str, Any]) -> list[dict[str, Any]]:
             shortfall = (target - measured) / target if at_least else (measured - target) / target
         outcome.append({"key": key, "target": name, "measured": measured, "met": met, "shortfall": shortfall})
     return outcome
+
+
+def _rounds(results: dict[str, Any]) -> Rounds | None:
+    data = results.get("rounds")
+    return Rounds.from_dict(data) if data else None
+
+
+def preprocess_share(results: dict[str, Any]) -> float | None:
+    """The preprocess step's share of the composing steps' busy time at the throughput target's concurrency."""
+    steps = [
+        step for step in _steps(results, "ensemble", TARGET_CONCURRENCY_THROUGHPUT) if step["model"] != ENSEMBLE_NAME
+    ]
+    total = sum(step["busy_ms"] for step in steps)
+    preprocess = next((step["busy_ms"] for step in steps if step["model"] == "preprocess"), None)
+    return None if preprocess is None or not total else preprocess / total
+
+
+def _rounds_section(results: dict[str, Any]) -> list[str]:
+    rounds = _rounds(results)
+    if rounds is None:
+        return []
+    lines = [
+        f"## Interleaved rounds at concurrency {rounds.concurrency}",
+        "",
+        "Each round measures every design once, back to back, so that a change in the machine's load between "
+        "measurements hits all of them; the ratios are each round's, then their median and spread "
+        "((max - min) / median). `detector alone` is the detector graph in process on the same letterboxed views: "
+        "the compute limit of the views served. `image files` is `plate_recognition_encoded` fed each image as a "
+        "JPEG (the real photos as their own files).",
+        "",
+    ]
+    header = ["round", "load avg before / after", *(f"{name} img/s" for name in rounds.designs)]
+    rows = []
+    for index, one in enumerate(rounds.rounds, start=1):
+        cells = []
+        for name in rounds.designs:
+            run = one.runs.get(name)
+            cells.append(_fmt(run.throughput, 2) if run and run.throughput is not None else "failed")
+        rows.append([str(index), f"{one.load_before:.2f} / {one.load_after:.2f}", *cells])
+    lines += [*_table(header, rows), ""]
+    ratio_rows = []
+    for ratio in rounds.ratios():
+        values = ", ".join(f"{value:.2f}" for value in ratio.values)
+        spread = f"{100 * ratio.spread:.1f} %" if ratio.spread is not None else "n/a"
+        ratio_rows.append([ratio.name, values, _fmt(ratio.median, 2, "x"), spread])
+    lines += [*_table(["ratio", "per round", "median", "spread"], ratio_rows), ""]
+    sizes = results.get("request_bytes") or {}
+    if sizes.get("encoded"):
+        lines.append(
+            f"Mean request: {sizes['raw'] / 1e6:.2f} MB of raw pixels, {sizes['encoded'] / 1e6:.3f} MB as an image "
+            f"file ({sizes['raw'] / sizes['encoded']:.0f}x smaller)."
+        )
+    if results.get("sgemm_gflops"):
+        lines.append(
+            f"The machine's float32 matrix-multiply peak (NumPy SGEMM, {SGEMM_SIZE}x{SGEMM_SIZE}, all cores): "
+            f"{results['sgemm_gflops']:.0f} GFLOP/s."
+        )
+    lines.append("")
+    return lines
 
 
 def _explain_latency_gap(results: dict[str, Any]) -> str | None:
@@ -654,6 +766,7 @@ def render(results: dict[str, Any], plots: dict[str, Path], results_path: Path) 
     if results.get("notes"):
         lines += [*(f"> {note}" for note in results["notes"]), ""]
     lines += _acceptance_section(results)
+    lines += _rounds_section(results)
     lines += _designs_section(results)
     lines += _failures_section(results)
     for kind in ("throughput", "latency"):

@@ -23,7 +23,7 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,8 +35,9 @@ import tritonclient.grpc as grpcclient
 from alpr import spec
 from alpr.paths import repo_root
 from alpr.pipeline import STEPS, OnnxPipeline
-from alpr.server import TritonServer
-from benchmarks.baseline import BLS_MODEL_NAME, baseline_models, read_config, write_baseline_repository
+from alpr.serving.repository import read_config
+from alpr.serving.server import TritonServer
+from benchmarks.baseline import BLS_MODEL_NAME, baseline_models, write_baseline_repository
 from benchmarks.floor import floor_pipeline, measure_floor, served_graph
 from benchmarks.inputs import (
     MIXED_PLATE_COUNTS,
@@ -44,10 +45,12 @@ from benchmarks.inputs import (
     SCALING_SIZES,
     BenchImage,
     SceneRequest,
+    encoded_files,
     folder_images,
     mixed_scenes,
     read_images,
     real_photos,
+    write_encoded_input_data,
     write_input_data,
     write_scenes,
 )
@@ -59,7 +62,20 @@ from benchmarks.perf_analyzer import (
     measure,
     why_perf_analyzer_cannot_run,
 )
-from benchmarks.report import write_report
+from benchmarks.report import TARGET_CONCURRENCY_THROUGHPUT, write_report
+from benchmarks.rounds import (
+    BLS,
+    DETECTOR,
+    ENCODED,
+    ENSEMBLE,
+    FLOOR,
+    DesignRun,
+    DetectorAlone,
+    Rounds,
+    measure_in_process,
+    run_rounds,
+    sgemm_peak_gflops,
+)
 from benchmarks.server_stats import read_counters, step_times
 
 SEED = 20240601
@@ -84,6 +100,8 @@ class Profile:
     scaling_concurrency: int
     scaling_images_per_point: int
     shared_memory_concurrency: int = 1
+    # Interleaved rounds (benchmarks/rounds.py) at the throughput target's concurrency.
+    rounds: int = 3
 
 
 # Full: about 10-15 minutes on 2 cores. Each level needs 3 windows within 15 % of each other (at most 8 windows).
@@ -239,6 +257,55 @@ def scaling_inputs(profile: Profile, out: Path) -> dict[str, list[tuple[str, Pat
     return sweeps
 
 
+def interleaved_rounds(
+    client: grpcclient.InferenceServerClient,
+    profile: Profile,
+    floor: OnnxPipeline,
+    images: list[BenchImage],
+    common: dict[str, Any],
+    ensemble_models: list[str],
+    encoded_input_data: Path,
+    with_bls: bool,
+) -> Rounds:
+    """Every design in turn, ``profile.rounds`` times, at the throughput target's concurrency."""
+    concurrency = TARGET_CONCURRENCY_THROUGHPUT
+    arrays = [item.image for item in images]
+    detector = DetectorAlone(floor, arrays)
+    print(f"interleaved rounds at concurrency {concurrency}", flush=True)
+
+    def served(model: str, models: list[str], label: str, **overrides: Any) -> Callable[[], DesignRun]:
+        def measure_once() -> DesignRun:
+            entry = measure_served(
+                client, model=model, models=models, concurrency=concurrency, label=label, **{**common, **overrides}
+            )
+            measured = entry["measurement"]
+            if measured is None:
+                return DesignRun(None, error=entry["error"])
+            return DesignRun(measured["throughput"], measured["p50_ms"], measured["p99_ms"])
+
+        return measure_once
+
+    def in_process(call: Callable[[np.ndarray], Any], inputs: list[np.ndarray]) -> Callable[[], DesignRun]:
+        return lambda: measure_in_process(
+            call, inputs, concurrency, duration_s=profile.floor_duration_s, warmup_s=profile.floor_warmup_s
+        )
+
+    designs: dict[str, Callable[[], DesignRun]] = {
+        ENSEMBLE: served(spec.ENSEMBLE_NAME, ensemble_models, "rounds_ensemble"),
+        ENCODED: served(
+            spec.ENCODED_ENSEMBLE_NAME,
+            ["image_decoder", *ensemble_models],
+            "rounds_encoded",
+            input_data=encoded_input_data,
+        ),
+    }
+    if with_bls:
+        designs[BLS] = served(BLS_MODEL_NAME, baseline_models(), "rounds_bls")
+    designs[FLOOR] = in_process(floor, arrays)
+    designs[DETECTOR] = in_process(detector, detector.views)
+    return run_rounds(designs, concurrency, profile.rounds)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole benchmark; returns the results written to ``<out>/results.json``."""
     profile = QUICK if args.quick else FULL
@@ -257,6 +324,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     real = real_photos()
     images = read_images(folder_images(mixed_folder)) + read_images(real)
     input_data = write_input_data(images, out / "inputs" / "mixed.json")
+    files = encoded_files(images, real)
+    encoded_input_data = write_encoded_input_data(files, out / "inputs" / "mixed_encoded.json")
     sweeps = scaling_inputs(profile, out) if profile.scaling and not args.skip_scaling else {}
 
     baseline_repository = write_baseline_repository(args.repository, out / "bls_repository")
@@ -282,6 +351,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bls": [],
         "floor": [],
         "notes": notes,
+        "request_bytes": {
+            "raw": float(np.mean([item.image.nbytes for item in images])),
+            "encoded": float(np.mean([len(data) for data in files])),
+        },
     }
 
     with serving(args, baseline_repository) as (url, version):
@@ -323,6 +396,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "shm_error": shm_entry["error"],
                 "steps": shm_entry["steps"],
             }
+            results["rounds"] = interleaved_rounds(
+                client, profile, floor, images, common, ensemble_models, encoded_input_data, with_bls
+            ).to_dict()
             if sweeps:
                 results["scaling"] = {"concurrency": profile.scaling_concurrency}
                 for sweep, points in sweeps.items():
@@ -373,6 +449,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "3 answers per concurrent client; throughput and latencies of the answers arriving inside it.",
         "Server-side time per step: Triton statistics read before and after each perf_analyzer process.",
     ]
+    print("measuring the machine's SGEMM peak", flush=True)
+    results["sgemm_gflops"] = sgemm_peak_gflops()
     results["duration_s"] = time.monotonic() - started
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return results

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from tritonclient.utils import InferenceServerException
 
-from alpr.client import Plate, PlateRecognizer, is_overload, plates_agree
-from alpr.server import TritonServer, step_processes
+from alpr.client import Plate, PlateRecogniser, is_overload, plates_agree
+from alpr.serving.server import TritonServer, step_processes
 from benchmarks.inputs import mixed_scenes, read_images, real_photos, write_scenes
 
 DEFAULT_OUT = Path("build") / "soak"
@@ -104,8 +104,8 @@ def alive(pid: int) -> bool:
 def soak(url: str, server_pid: int | None, images: list[np.ndarray], duration_s: float, concurrency: int,
          sample_every_s: float = 10.0) -> SoakSummary:  # fmt: skip
     """Run the soak against the server at ``url``; ``server_pid`` (when known) is sampled and watched."""
-    with PlateRecognizer(url, timeout_s=120) as recognizer:
-        expected = [recognizer.recognize(image) for image in images]
+    with PlateRecogniser(url, timeout_s=120) as recogniser:
+        expected = [recogniser.recognise(image) for image in images]
     summary = SoakSummary(duration_s=duration_s, concurrency=concurrency, images=len(images))
     steps_at_start = {step.pid for step in step_processes(server_pid)} if server_pid else set()
     lock = threading.Lock()
@@ -120,13 +120,13 @@ def soak(url: str, server_pid: int | None, images: list[np.ndarray], duration_s:
                     summary.first_wrong.append(f"image {index}: {plates} != {expected[index]}")
 
     def client(start: int) -> None:
-        with PlateRecognizer(url, timeout_s=120, retries=0) as recognizer:
+        with PlateRecogniser(url, timeout_s=120, retries=0) as recogniser:
             index = start
             while not stop.is_set():
                 image_index = index % len(images)
                 index += 1
                 try:
-                    plates = recognizer.recognize(images[image_index])
+                    plates = recogniser.recognise(images[image_index])
                 except InferenceServerException as error:
                     with lock:
                         if is_overload(error):

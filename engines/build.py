@@ -1,7 +1,7 @@
 """Build the TensorRT plans of a generated ``tensorrt`` model repository from the exported ONNX graphs.
 
-The repository (``alpr/repository.py``, target ``tensorrt``) decides what each step runs on. For every model whose
-config says ``platform: "tensorrt_plan"`` this tool builds ``<repository>/<model>/1/model.plan`` from
+The repository (``alpr/serving/repository.py``, target ``tensorrt``) decides what each step runs on. For every model
+whose config says ``platform: "tensorrt_plan"`` this tool builds ``<repository>/<model>/1/model.plan`` from
 ``<onnx-dir>/<model>.onnx``, or from the TensorRT variant of ``export/tensorrt_variant.py`` where there is one
 (``detector_trt.onnx``, whose NMS is the ``EfficientNMS_TRT`` plugin; ``preprocess_trt.onnx`` and ``crop_trt.onnx``,
 which convert the uint8 image to float first); a step the repository serves with ``onnxruntime_onnx`` gets its
@@ -45,10 +45,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from alpr import spec
+from alpr.serving.repository import read_config
+from engines.calibration import CalibrationBatches, calibration_images, entropy_calibrator
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # Steps that compute pixel positions and uint8 pixels: any reduced precision would change their answers.
@@ -61,9 +62,8 @@ OPTIMAL_IMAGE_SIDES = (1080, 1920)
 DEFAULT_WORKSPACE_GIB = 4.0
 TRTEXEC_FALLBACK = Path("/usr/src/tensorrt/bin/trtexec")
 GPU_NAME_ENV = "ALPR_GPU_NAME"
-PLAN_PLATFORM = "tensorrt_plan"
-ONNX_PLATFORM = "onnxruntime_onnx"
-VERSION = "1"
+PLAN_PLATFORM = spec.TENSORRT_PLATFORM
+ONNX_PLATFORM = spec.ONNXRUNTIME_PLATFORM
 OUTPUT_TAIL_CHARS = 4000
 
 
@@ -106,11 +106,6 @@ class PlanBuilder(Protocol):
 
 
 # Configs and profiles.
-
-
-def read_config(path: Path) -> mc.ModelConfig:
-    """Parse a ``config.pbtxt`` into Triton's ``ModelConfig`` message."""
-    return text_format.Parse(path.read_text(), mc.ModelConfig())
 
 
 def is_image_dims(dims: Sequence[int]) -> bool:
@@ -325,8 +320,6 @@ def find_builder(preference: str = "auto") -> PlanBuilder:
 
 def calibration_cache_reader(trt: object, job: PlanJob) -> object:
     """An INT8 calibrator that only replays ``job.calibration_cache`` (made beforehand by ``--calibrate``)."""
-    from engines.calibration import entropy_calibrator
-
     if job.calibration_cache is None:
         raise BuildError(f"{job.model}: int8 needs a calibration cache; make it with --calibrate")
     return entropy_calibrator(trt, job.calibration_cache, batches=None)
@@ -341,8 +334,13 @@ def plan_jobs(
     precision: str,
     models: Sequence[str] | None = None,
     calibration_dir: Path | None = None,
+    *,
+    require_cache: bool = True,
 ) -> Iterator[tuple[mc.ModelConfig, PlanJob]]:
-    """A job for every ``tensorrt_plan`` model of ``repository`` (or of ``models`` among them)."""
+    """A job for every ``tensorrt_plan`` model of ``repository`` (or of ``models`` among them).
+
+    An int8 job names its calibration cache, which must exist unless ``require_cache`` is False (when calibrating).
+    """
     for config_path in sorted(repository.glob("*/config.pbtxt")):
         config = read_config(config_path)
         if config.platform != PLAN_PLATFORM or (models and config.name not in models):
@@ -354,9 +352,38 @@ def plan_jobs(
         cache = None
         if model_precision == "int8":
             cache = (calibration_dir or Path("engines/calibration")) / f"{config.name}.cache"
-            if not cache.is_file():
+            if require_cache and not cache.is_file():
                 raise BuildError(f"{config.name}: int8 needs the calibration cache {cache}; make it with --calibrate")
         yield config, PlanJob(config.name, graph, model_precision, input_profile(config), cache)
+
+
+def write_calibration_caches(
+    builder: object, repository: Path, onnx_dir: Path, calibration_dir: Path, photos: Sequence[Path] = ()
+) -> None:
+    """Calibrate every int8 step of ``repository`` and write ``<calibration_dir>/<model>.cache``."""
+    if not isinstance(builder, TensorRTPython):
+        raise BuildError("calibration runs inside TensorRT's builder: it needs the TensorRT Python API, not trtexec")
+    batches = CalibrationBatches(onnx_dir, list(calibration_images(photos)))
+    for config_path in sorted(repository.glob("*/config.pbtxt")):
+        config = read_config(config_path)
+        steps = {"detector": batches.detector, "lprnet": batches.lprnet}
+        if config.name not in steps:
+            continue
+        cache = calibration_dir / f"{config.name}.cache"
+        cache.unlink(missing_ok=True)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        (_, job), *_ = plan_jobs(repository, onnx_dir, "int8", [config.name], calibration_dir, require_cache=False)
+        optimal_batch = job.profile[next(iter(job.profile))].optimum[0]
+        calibrator = entropy_calibrator(builder.trt, cache, steps[config.name](optimal_batch))
+        scratch = cache.with_suffix(".calibration.plan")
+        try:
+            builder.build(job, scratch, 2**30, calibrator=calibrator)
+        except BaseException:
+            cache.unlink(missing_ok=True)  # never leave a partial cache to be replayed
+            raise
+        finally:
+            scratch.unlink(missing_ok=True)
+        print(f"  {config.name:<11} calibration cache -> {cache}", flush=True)
 
 
 def copy_onnx_steps(repository: Path, onnx_dir: Path) -> list[str]:
@@ -366,7 +393,7 @@ def copy_onnx_steps(repository: Path, onnx_dir: Path) -> list[str]:
         config = read_config(config_path)
         if config.platform != ONNX_PLATFORM:
             continue
-        target = config_path.parent / VERSION / (config.default_model_filename or "model.onnx")
+        target = config_path.parent / spec.MODEL_VERSION / (config.default_model_filename or "model.onnx")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(onnx_dir / f"{config.name}.onnx", target)
         copied.append(config.name)
@@ -412,13 +439,13 @@ def build_repository(
         cached = cached_plan_path(cache_dir, gpu, trt_version, job)
         started = time.perf_counter()
         built = build_plan(builder, job, cached, workspace_bytes, force)
-        target = repository / config.name / VERSION / (config.default_model_filename or "model.plan")
+        target = repository / config.name / spec.MODEL_VERSION / (config.default_model_filename or "model.plan")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(cached, target)
         how = f"built in {time.perf_counter() - started:.0f} s" if built else "cached"
         print(f"  {config.name:<11} {job.precision:<5} {how:<16} -> {target}", flush=True)
     for name in copy_onnx_steps(repository, onnx_dir):
-        print(f"  {name:<11} onnx  copied           -> {repository / name / VERSION}", flush=True)
+        print(f"  {name:<11} onnx  copied           -> {repository / name / spec.MODEL_VERSION}", flush=True)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -446,8 +473,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         builder = find_builder(args.builder)
         if args.calibrate:
-            from engines.calibration import write_calibration_caches
-
             write_calibration_caches(
                 builder, args.repository, args.onnx_dir, args.calibration_dir, args.calibration_images
             )

@@ -140,35 +140,3 @@ class CalibrationBatches:
         rows = np.concatenate(crops) if crops else np.zeros((0, 3, spec.CROP_HEIGHT, spec.CROP_WIDTH), np.float32)
         for start in range(0, len(rows) - batch_size + 1, batch_size):
             yield {"rectified": self.stn.run(None, {"crops": rows[start : start + batch_size]})[0]}
-
-
-def write_calibration_caches(
-    builder: object, repository: Path, onnx_dir: Path, calibration_dir: Path, photos: Sequence[Path] = ()
-) -> None:
-    """Calibrate every int8 step of ``repository`` and write ``<calibration_dir>/<model>.cache``."""
-    from engines.build import BuildError, TensorRTPython, plan_jobs, read_config
-
-    if not isinstance(builder, TensorRTPython):
-        raise BuildError("calibration runs inside TensorRT's builder: it needs the TensorRT Python API, not trtexec")
-    batches = CalibrationBatches(onnx_dir, list(calibration_images(photos)))
-    for config_path in sorted(repository.glob("*/config.pbtxt")):
-        config = read_config(config_path)
-        steps = {"detector": batches.detector, "lprnet": batches.lprnet}
-        if config.name not in steps:
-            continue
-        cache = calibration_dir / f"{config.name}.cache"
-        cache.unlink(missing_ok=True)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.touch()  # plan_jobs insists on the file; the calibrator below fills it
-        (_, job), *_ = plan_jobs(repository, onnx_dir, "int8", [config.name], calibration_dir)
-        optimal_batch = job.profile[next(iter(job.profile))].optimum[0]
-        calibrator = entropy_calibrator(builder.trt, cache, steps[config.name](optimal_batch))
-        scratch = cache.with_suffix(".calibration.plan")
-        try:
-            builder.build(job, scratch, 2**30, calibrator=calibrator)
-        except BaseException:
-            cache.unlink(missing_ok=True)  # never leave the empty placeholder to be replayed
-            raise
-        finally:
-            scratch.unlink(missing_ok=True)
-        print(f"  {config.name:<11} calibration cache -> {cache}", flush=True)

@@ -33,7 +33,8 @@ import cv2
 import numpy as np
 
 from alpr import spec
-from engines.build import PLAN_PLATFORM, VERSION, read_config, step_precision
+from alpr.serving.repository import read_config
+from engines.build import PLAN_PLATFORM, step_precision
 
 PIPELINE = ("preprocess", "detector", "crop", "stn", "lprnet")
 
@@ -229,7 +230,7 @@ def compare_repository(
         config_path = repository / model / "config.pbtxt"
         if not config_path.is_file() or read_config(config_path).platform != PLAN_PLATFORM:
             continue
-        plan = (repository / model / VERSION / "model.plan").read_bytes()
+        plan = (repository / model / spec.MODEL_VERSION / "model.plan").read_bytes()
         runners = [
             OnnxrtRunner(SessionFromOnnx(str(onnx_dir / f"{model}.onnx")), name="onnxruntime"),
             TrtRunner(EngineFromBytes(plan), name="tensorrt"),

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from alpr import spec
-from alpr.repository import TARGETS, auto_target, write_repository
+from alpr.serving.repository import TARGETS, write_repository
+from alpr.serving.server import auto_target
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,10 +24,11 @@ import torch
 from torch import Tensor, nn
 
 from alpr import spec
+from alpr.crop import Crop
 from alpr.detector_graph import DetectorWithNMS
-from alpr.geometry import DetectorViews, PlateCropper
 from alpr.models import STN, LPRNet, YOLOv5, load_detector, load_lprnet, load_stn
 from alpr.paths import repo_root
+from alpr.preprocess import Preprocess
 
 OPSET = 17
 GRAPH_NAMES = ("preprocess", "detector", "crop", "stn", "lprnet")
@@ -147,7 +148,7 @@ def served_graphs(
     return {
         "preprocess": Graph(
             "preprocess",
-            DetectorViews(tile_grid),
+            Preprocess(tile_grid),
             ("image",),
             ("images",),
             (image,),
@@ -163,7 +164,7 @@ def served_graphs(
         ),
         "crop": Graph(
             "crop",
-            PlateCropper(tile_grid),
+            Crop(tile_grid),
             ("image", "num_dets", "det_boxes", "det_scores"),
             ("crops", "plate_boxes", "plate_scores"),
             (image, *detections),

@@ -29,15 +29,12 @@ import onnxruntime as ort
 import torch
 
 from alpr import spec
+from alpr.crop import Crop
 from alpr.detector_graph import DetectorWithNMS
-from alpr.geometry import (
-    DetectorViews,
-    PlateCropper,
-    detections_for_boxes,
-    letterbox_reference,
-    plate_cropper_reference,
-)
+from alpr.geometry import detections_for_boxes
 from alpr.paths import shared_dir
+from alpr.preprocess import Preprocess
+from alpr.reference import crop_step_reference, preprocess_reference
 from export.to_onnx import GRAPH_NAMES, Networks, networks_from_arguments, weight_arguments
 
 # Tolerances, max abs difference. Letterbox pixels are uint8: one grey level allows float32 vs float64 rounding
@@ -160,7 +157,7 @@ def verify(onnx_dir: Path, networks: Networks, seed: int = 0) -> list[Check]:
             checks.append(Check(model, name, label, reference, max_abs_diff(a, e), t))
 
     # preprocess: random sizes (landscape, portrait with fractional padding, tiny) and the real photo.
-    letterbox = DetectorViews(grid)
+    letterbox = Preprocess(grid)
     images = {
         "random 720x1280": random_image(rng, 720, 1280),
         "random 1001x357": random_image(rng, 1001, 357),
@@ -174,7 +171,7 @@ def verify(onnx_dir: Path, networks: Networks, seed: int = 0) -> list[Check]:
         with torch.no_grad():
             eager = letterbox(torch.from_numpy(image))
         compare("preprocess", label, "PyTorch", [output], [eager], [LETTERBOX_TOLERANCE])
-        compare("preprocess", label, "NumPy", [output], [letterbox_reference(image, grid)], [LETTERBOX_TOLERANCE])
+        compare("preprocess", label, "NumPy", [output], [preprocess_reference(image, grid)], [LETTERBOX_TOLERANCE])
 
     # detector: the views of the real photo and of a random frame in one batch, against eager PyTorch with the same NMS.
     detector = DetectorWithNMS(networks.detector, max_plates).eval()
@@ -193,7 +190,7 @@ def verify(onnx_dir: Path, networks: Networks, seed: int = 0) -> list[Check]:
         f"{scene.name}, labelled plates": detections_for(scene, max_plates, grid),
         f"{scene.name}, no detection": (np.zeros_like(num_dets), det_boxes, det_scores),
     }
-    cropper = PlateCropper(grid)
+    cropper = Crop(grid)
     plate_crops = None
     for label, detections in cases.items():
         inputs = crop_feed(scene.image, detections)
@@ -201,7 +198,7 @@ def verify(onnx_dir: Path, networks: Networks, seed: int = 0) -> list[Check]:
         with torch.no_grad():
             eager = cropper(*(torch.from_numpy(value) for value in inputs.values()))
         compare("crop", label, "PyTorch", crops, eager, [CROP_TOLERANCE] * 3)
-        reference = plate_cropper_reference(*inputs.values(), grid=grid)
+        reference = crop_step_reference(*inputs.values(), grid=grid)
         compare("crop", label, "NumPy", crops, reference, [CROP_REFERENCE_TOLERANCE, PLATE_BOX_TOLERANCE, 0.0])
         if "labelled" in label:
             plate_crops = crops[0]

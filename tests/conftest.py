@@ -61,8 +61,8 @@ def export_test_graphs(out_dir: Path) -> bool:
 @pytest.fixture(scope="session")
 def served_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedPipeline]:
     """The real tritonserver serving the CPU repository; skipped only when no tritonserver is installed."""
-    from alpr.repository import write_repository
-    from alpr.server import TritonNotFoundError, TritonServer, find_installation
+    from alpr.serving.repository import write_repository
+    from alpr.serving.server import TritonNotFoundError, TritonServer, find_installation
 
     try:
         find_installation()

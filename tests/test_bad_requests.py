@@ -46,7 +46,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from alpr import spec
-from alpr.client import Plate, PlateRecognizer, plates_from_result
+from alpr.client import Plate, PlateRecogniser, plates_from_result
 
 pytestmark = pytest.mark.server
 
@@ -196,8 +196,8 @@ def assert_still_serving(url: str, reference: Reference) -> None:
     answer = infer(url, spec.ENSEMBLE_NAME, {spec.IMAGE_INPUT: (GREY, "UINT8")})
     assert answer["boxes"].shape == (0, 4)
     assert answer["texts"].shape == (0,)
-    with PlateRecognizer(url) as recognizer:
-        assert_same_plates(recognizer.recognize(reference.image), reference.plates)
+    with PlateRecogniser(url) as recogniser:
+        assert_same_plates(recogniser.recognise(reference.image), reference.plates)
 
 
 def plates_of(response: service_pb2.ModelInferResponse) -> list[Plate]:
@@ -229,8 +229,8 @@ def stub(served_pipeline) -> Iterator[service_pb2_grpc.GRPCInferenceServiceStub]
 def reference(served_pipeline, test_images) -> Reference:
     """The last test image (the real car photo when present) and its plates, asked before any bad request."""
     image = test_images[-1]
-    with PlateRecognizer(served_pipeline.grpc_url) as recognizer:
-        plates = recognizer.recognize(image)
+    with PlateRecogniser(served_pipeline.grpc_url) as recogniser:
+        plates = recogniser.recognise(image)
     assert plates, "the reference image has no plate: its answer after a bad request would prove little"
     return Reference(image, plates)
 
@@ -919,7 +919,7 @@ def test_a_pixel_value_out_of_uint8_range_is_refused(served_pipeline) -> None:
 @pytest.fixture
 def private_server(served_pipeline, tmp_path: Path) -> Iterator[str]:
     """A server of its own on the shared one's repository; its gRPC URL."""
-    from alpr.server import TritonServer
+    from alpr.serving.server import TritonServer
 
     server = TritonServer(
         served_pipeline.repository,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,18 +12,20 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from alpr import spec
-from alpr.repository import graph_steps, write_repository
-from alpr.server import TritonServer
+from alpr.serving.repository import graph_steps, write_repository
+from alpr.serving.server import TritonServer
 from benchmarks.baseline import BLS_MODEL_NAME, STEP_PREFIX, baseline_models, write_baseline_repository
 from benchmarks.floor import floor_pipeline, measure_floor
 from benchmarks.inputs import (
     MIXED_PLATE_COUNTS,
     MIXED_SIZES,
     SceneRequest,
+    encoded_files,
     folder_images,
     mixed_scenes,
     read_images,
     read_input_data,
+    write_encoded_input_data,
     write_input_data,
     write_scenes,
 )
@@ -34,6 +37,7 @@ from benchmarks.perf_analyzer import (
     why_perf_analyzer_cannot_run,
 )
 from benchmarks.report import acceptance, write_report
+from benchmarks.rounds import BLS, DETECTOR, ENCODED, ENSEMBLE, FLOOR, DesignRun, Round, Rounds, run_rounds
 from benchmarks.run import compare_answers, composing_models
 from benchmarks.server_stats import read_counters, step_times
 from benchmarks.soak import soak
@@ -157,7 +161,47 @@ def fake_results() -> dict[str, object]:
         "inputs": {"mixed": [{"name": "a.png", "size": "640x480"}], "plates_drawn": "0-4", "real": ""},
         "command": "python -m benchmarks.run --quick",
         "perf_commands": ["perf_analyzer -m plate_recognition"],
+        "rounds": fake_rounds().to_dict(),
+        "request_bytes": {"raw": 6_220_800.0, "encoded": 310_000.0},
+        "sgemm_gflops": 180.0,
     }
+
+
+def fake_rounds() -> Rounds:
+    """Three rounds: the ensemble at 0.9, 0.95 and 1.0 of the floor; the BLS baseline failed in the second."""
+    rounds = Rounds(8, [ENSEMBLE, ENCODED, BLS, FLOOR, DETECTOR])
+    for index, ensemble in enumerate((9.0, 9.5, 10.0)):
+        runs = {
+            ENSEMBLE: DesignRun(ensemble, 800.0, 1500.0),
+            ENCODED: DesignRun(ensemble * 0.97, 820.0, 1500.0),
+            BLS: DesignRun(5.0) if index != 1 else DesignRun(None, error="Request timeout expired"),
+            FLOOR: DesignRun(10.0),
+            DETECTOR: DesignRun(12.0),
+        }
+        rounds.rounds.append(Round(runs, load_before=1.0 + index, load_after=1.5))
+    return rounds
+
+
+def test_rounds_give_each_rounds_ratio_its_median_and_spread() -> None:
+    rounds = Rounds.from_dict(fake_rounds().to_dict())
+    ratios = {ratio.name: ratio for ratio in rounds.ratios()}
+    assert ratios["ensemble / floor"].values == pytest.approx((0.9, 0.95, 1.0))
+    assert ratios["ensemble / floor"].median == pytest.approx(0.95)
+    assert ratios["ensemble / floor"].spread == pytest.approx(0.1 / 0.95)
+    # A round in which a design failed gives no value for its ratios, and is not counted as zero.
+    assert ratios["ensemble / BLS"].values == pytest.approx((1.8, 2.0))
+    assert ratios["image files / raw pixels"].median == pytest.approx(0.97)
+
+
+def test_run_rounds_measures_every_design_once_per_round_in_order() -> None:
+    calls: list[str] = []
+
+    def design(name: str) -> Callable[[], DesignRun]:
+        return lambda: calls.append(name) or DesignRun(1.0)
+
+    rounds = run_rounds({ENSEMBLE: design("a"), BLS: design("b"), FLOOR: design("c")}, 8, 3)
+    assert calls == ["a", "b", "c"] * 3
+    assert len(rounds.rounds) == 3 and all(one.load_before >= 0 for one in rounds.rounds)
 
 
 def test_acceptance_targets_say_which_are_missed_and_by_how_much() -> None:
@@ -168,6 +212,12 @@ def test_acceptance_targets_say_which_are_missed_and_by_how_much() -> None:
     assert verdicts["throughput_vs_floor"]["shortfall"] == pytest.approx((0.75 - 0.6) / 0.75)
     assert verdicts["p50_vs_floor"]["met"] is True
     assert verdicts["p50_vs_floor"]["measured"] == pytest.approx(1.1)
+    assert verdicts["rounds: ensemble / floor"]["met"] is True
+    assert verdicts["rounds: ensemble / floor"]["measured"] == pytest.approx(0.95)
+    assert verdicts["rounds: ensemble / detector alone"]["met"] is False
+    assert verdicts["request_shrink"]["measured"] == pytest.approx(6_220_800 / 310_000)
+    # The detector takes 8 of 8 ms busy time in the fake breakdown: preprocess is not in it.
+    assert "preprocess_share" not in verdicts
 
 
 def test_report_has_tables_plots_and_the_missed_target(tmp_path: Path) -> None:
@@ -177,6 +227,9 @@ def test_report_has_tables_plots_and_the_missed_target(tmp_path: Path) -> None:
     assert "| 8 | 60.0 |" in text
     # A level the server refused is reported as such, not dropped silently.
     assert "| 16 | Request timeout expired |" in text
+    assert "## Interleaved rounds at concurrency 8" in text
+    assert "| ensemble / floor | 0.90, 0.95, 1.00 | 0.95x | 10.5 % |" in text
+    assert "180 GFLOP/s" in text
     for plot in ("throughput.png", "latency.png", "step_breakdown.png"):
         assert (tmp_path / plot).stat().st_size > 0
         assert f"]({plot})" in text
@@ -252,6 +305,26 @@ def test_perf_analyzer_measures_the_served_ensemble(served_pipeline, served_repo
     assert all(step.requests == requests for step in steps.values())
     assert steps["detector"].compute_infer_ms > 0
     assert steps["stn"].inferences_per_request >= 1
+
+
+@pytest.mark.server
+def test_perf_analyzer_sends_image_files_to_the_encoded_ensemble(served_pipeline, small_images, tmp_path):
+    reason = why_perf_analyzer_cannot_run()
+    if reason is not None:
+        pytest.skip(f"perf_analyzer cannot run here: {reason}")
+    images = read_images(folder_images(small_images))
+    files = encoded_files(images, [])
+    assert all(data[:2] == b"\xff\xd8" for data in files)  # JPEG
+    input_data = write_encoded_input_data(files, tmp_path / "encoded.json")
+    measurement = measure(
+        model=spec.ENCODED_ENSEMBLE_NAME,
+        url=served_pipeline.grpc_url,
+        input_data=input_data,
+        concurrency=1,
+        out_dir=tmp_path,
+        settings=SMOKE_SETTINGS,
+    )
+    assert measurement.throughput > 0
 
 
 @pytest.mark.server

@@ -12,7 +12,7 @@ import pytest
 from alpr import spec
 from alpr.cli import expand_sources
 from alpr.cli import main as lpr
-from alpr.client import AsyncPlateRecognizer, Plate, PlateRecognizer, prepare_image
+from alpr.client import AsyncPlateRecogniser, Plate, PlateRecogniser, prepare_image
 from alpr.synth.dataset import HELDOUT_SEED, HELDOUT_SIZES, iter_scenes
 
 # Nothing listens here: calls that validate locally must fail before any connection is tried.
@@ -54,9 +54,9 @@ def test_prepare_image_returns_a_contiguous_array() -> None:
     assert prepare_image(image).flags["C_CONTIGUOUS"]
 
 
-def test_recognizer_validates_before_sending() -> None:
-    with PlateRecognizer(UNREACHABLE_URL) as recognizer, pytest.raises(ValueError, match="must be uint8"):
-        recognizer.recognize(np.zeros((64, 64, 3), np.float64))
+def test_recogniser_validates_before_sending() -> None:
+    with PlateRecogniser(UNREACHABLE_URL) as recogniser, pytest.raises(ValueError, match="must be uint8"):
+        recogniser.recognise(np.zeros((64, 64, 3), np.float64))
 
 
 def test_plate_to_dict_is_json_ready() -> None:
@@ -71,14 +71,14 @@ def test_plate_to_dict_is_json_ready() -> None:
 
 @pytest.mark.server
 def test_sync_and_async_clients_agree_with_each_other(served_pipeline, test_images) -> None:
-    with PlateRecognizer(served_pipeline.grpc_url, retries=8) as recognizer:
-        expected = [recognizer.recognize(image) for image in test_images]
+    with PlateRecogniser(served_pipeline.grpc_url, retries=8) as recogniser:
+        expected = [recogniser.recognise(image) for image in test_images]
     assert any(expected), "no test image produced a plate"
     assert expected[0] == []  # the uniform grey image
 
     async def recognise_all() -> list[list[Plate]]:
-        async with AsyncPlateRecognizer(served_pipeline.grpc_url, retries=8) as recognizer:
-            return list(await asyncio.gather(*(recognizer.recognize(image) for image in test_images)))
+        async with AsyncPlateRecogniser(served_pipeline.grpc_url, retries=8) as recogniser:
+            return list(await asyncio.gather(*(recogniser.recognise(image) for image in test_images)))
 
     for plates, reference in zip(asyncio.run(recognise_all()), expected, strict=True):
         assert [p.text for p in plates] == [p.text for p in reference]
@@ -86,10 +86,10 @@ def test_sync_and_async_clients_agree_with_each_other(served_pipeline, test_imag
 
 
 @pytest.mark.server
-def test_recognizer_converts_grayscale_when_asked(served_pipeline) -> None:
+def test_recogniser_converts_grayscale_when_asked(served_pipeline) -> None:
     gray = np.full((240, 320), 128, np.uint8)
-    with PlateRecognizer(served_pipeline.grpc_url, convert=True) as recognizer:
-        assert recognizer.recognize(gray) == recognizer.recognize(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))
+    with PlateRecogniser(served_pipeline.grpc_url, convert=True) as recogniser:
+        assert recogniser.recognise(gray) == recogniser.recognise(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))
 
 
 def write_video(path, frames: list[np.ndarray]) -> None:
@@ -150,8 +150,8 @@ def test_lpr_prints_one_json_line_per_image_and_frame(served_pipeline, test_imag
     ]
     assert "error" in records[1] and "plates" not in records[1]
     assert records[2]["plates"] == []
-    with PlateRecognizer(served_pipeline.grpc_url) as recognizer:
-        expected = [plate.to_dict() for plate in recognizer.recognize(test_images[1])]
+    with PlateRecogniser(served_pipeline.grpc_url) as recogniser:
+        expected = [plate.to_dict() for plate in recogniser.recognise(test_images[1])]
     assert [p["text"] for p in records[0]["plates"]] == [p["text"] for p in expected]
     assert sorted(p.name for p in annotated.iterdir()) == [
         "blotched.jpg",
@@ -171,8 +171,8 @@ def test_lpr_refuses_a_text_score_floor_outside_zero_to_one(tmp_path, capsys) ->
 def test_lpr_leaves_out_plates_below_the_text_score_floor(served_pipeline, tmp_path, capsys) -> None:
     scene = next(s for s in iter_scenes(HELDOUT_SEED, 40, HELDOUT_SIZES) if len(s.plates) >= 3)
     cv2.imwrite(str(tmp_path / "scene.png"), scene.image)
-    with PlateRecognizer(served_pipeline.grpc_url) as recognizer:
-        answered = recognizer.recognize(scene.image)
+    with PlateRecogniser(served_pipeline.grpc_url) as recogniser:
+        answered = recogniser.recognise(scene.image)
     scores = sorted(plate.text_score for plate in answered)
     assert len(set(scores)) >= 2, "the scene should give plates with different text scores"
     floor = scores[len(scores) // 2]  # keeps the upper half, drops at least the lowest plate

@@ -14,7 +14,7 @@ from tritonclient.utils import InferenceServerException
 
 from alpr import spec
 from alpr.cli import main as lpr
-from alpr.client import PlateRecognizer
+from alpr.client import PlateRecogniser
 from alpr.image_files import ImageFileError, declared_size, decode_image_file
 from alpr.paths import shared_dir
 
@@ -76,10 +76,10 @@ def test_served_files_answer_as_their_pixels(served_pipeline, test_images) -> No
     car = shared_dir() / "real" / "car.jpg"
     if car.is_file():
         files.append(car.read_bytes())
-    with PlateRecognizer(served_pipeline.grpc_url) as recognizer:
+    with PlateRecogniser(served_pipeline.grpc_url) as recogniser:
         for data in files:
             pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-            assert_same_plates(recognizer.recognize_file(data), recognizer.recognize(pixels))
+            assert_same_plates(recogniser.recognise_file(data), recogniser.recognise(pixels))
 
 
 @pytest.mark.parametrize("case", BAD_FILES, ids=list(BAD_FILES))
@@ -88,8 +88,8 @@ def test_served_bad_files_get_invalid_argument_and_the_server_keeps_serving(serv
     with pytest.raises(InferenceServerException, match=message) as error:
         infer(served_pipeline.grpc_url, spec.ENCODED_ENSEMBLE_NAME, {"encoded": (np.array([data], object), "BYTES")})
     assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
-    with PlateRecognizer(served_pipeline.grpc_url) as recognizer:
-        assert recognizer.recognize_file(encoded(np.full((480, 640, 3), 128, np.uint8), ".png")) == []
+    with PlateRecogniser(served_pipeline.grpc_url) as recogniser:
+        assert recogniser.recognise_file(encoded(np.full((480, 640, 3), 128, np.uint8), ".png")) == []
 
 
 @pytest.mark.parametrize(

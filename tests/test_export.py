@@ -16,9 +16,11 @@ import torch
 from torch import nn
 
 from alpr import spec
+from alpr.crop import Crop
 from alpr.detector_graph import PRE_NMS_TOP_K, DetectorWithNMS, NonMaxSuppression, non_max_suppression
-from alpr.geometry import DetectorViews, PlateCropper, letterbox_reference, plate_cropper_reference
 from alpr.paths import repo_root, shared_dir
+from alpr.preprocess import Preprocess
+from alpr.reference import crop_step_reference, preprocess_reference
 from export.to_onnx import GRAPH_NAMES, OPSET, Graph, export_graph, load_networks, served_graphs
 from export.verify import (
     BOX_TOLERANCE,
@@ -104,10 +106,10 @@ def test_preprocess_graph_matches_pytorch_and_numpy(sessions: dict, height: int,
     image = random_image(np.random.default_rng(height + width), height, width)
     (images,) = sessions["preprocess"].run(None, {"image": image})
     with torch.no_grad():
-        eager = DetectorViews()(torch.from_numpy(image))
+        eager = Preprocess()(torch.from_numpy(image))
     assert images.dtype == np.uint8
     assert_close("images vs PyTorch (uint8 grey levels)", images, eager, 0)
-    assert_close("images vs NumPy (uint8 grey levels)", images, letterbox_reference(image), 1)
+    assert_close("images vs NumPy (uint8 grey levels)", images, preprocess_reference(image), 1)
 
 
 def letterboxed_batch(sessions: dict, count: int, seed: int) -> np.ndarray:
@@ -235,8 +237,8 @@ def test_crop_graph_matches_pytorch_and_numpy(sessions: dict, count: int) -> Non
     inputs = crop_feed(image, (num_dets, det_boxes, det_scores))
     outputs = sessions["crop"].run(None, inputs)
     with torch.no_grad():
-        eager = PlateCropper()(*(torch.from_numpy(value) for value in inputs.values()))
-    reference = plate_cropper_reference(*inputs.values())
+        eager = Crop()(*(torch.from_numpy(value) for value in inputs.values()))
+    reference = crop_step_reference(*inputs.values())
     for name, actual, torch_value, numpy_value in zip(
         ("crops", "plate_boxes", "plate_scores"), outputs, eager, reference, strict=True
     ):
@@ -254,7 +256,7 @@ def test_tile_grid_one_exports_a_single_view_pipeline(networks, tmp_path: Path) 
     image = random_image(np.random.default_rng(3), 439, 780)
     (images,) = session(preprocess).run(None, {"image": image})
     assert images.shape == (1, 3, spec.DETECTOR_SIZE, spec.DETECTOR_SIZE)
-    assert_close("single view vs NumPy", images, letterbox_reference(image, grid=1), 1)
+    assert_close("single view vs NumPy", images, preprocess_reference(image, grid=1), 1)
     detections = (np.array([[1]], np.int32), np.full((1, K, 4), 0, np.float32), np.zeros((1, K), np.float32))
     detections[1][0, 0], detections[2][0, 0] = [77.5, 411.4, 108.2, 420.6], 0.9
     _, plate_boxes, plate_scores = session(crop).run(None, crop_feed(image, detections))

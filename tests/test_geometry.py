@@ -8,19 +8,10 @@ import pytest
 import torch
 
 from alpr import spec
-from alpr.geometry import (
-    DetectorViews,
-    PlateCropper,
-    boxes_from_letterbox,
-    boxes_to_letterbox,
-    crop_plates,
-    crop_reference,
-    letterbox_opencv,
-    letterbox_reference,
-    letterbox_transform,
-    plate_cropper_reference,
-    view_windows,
-)
+from alpr.crop import Crop
+from alpr.geometry import boxes_from_letterbox, boxes_to_letterbox, crop_plates, letterbox_transform, view_windows
+from alpr.preprocess import Preprocess
+from alpr.reference import crop_reference, crop_step_reference, letterbox_opencv, preprocess_reference
 
 # Letterbox outputs are uint8: float32 (PyTorch) and float64 (NumPy) samples that straddle .5 round apart, so one
 # grey level on a small share of pixels; OpenCV's 11-bit fixed-point weights give one level on more of them.
@@ -37,7 +28,7 @@ def photo_like(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
 
 def detector_views(image: np.ndarray, grid: int = spec.TILE_GRID) -> np.ndarray:
     with torch.no_grad():
-        return DetectorViews(grid)(torch.from_numpy(image)).numpy()
+        return Preprocess(grid)(torch.from_numpy(image)).numpy()
 
 
 def letterbox(image: np.ndarray) -> np.ndarray:
@@ -69,7 +60,7 @@ def test_letterbox_transform_scales_the_long_side_to_640_and_centres(height, wid
 )
 def test_detector_views_match_numpy_reference(height: int, width: int) -> None:
     image = photo_like(np.random.default_rng(height * 7 + width), height, width)
-    actual, expected = detector_views(image), letterbox_reference(image)
+    actual, expected = detector_views(image), preprocess_reference(image)
     assert actual.shape == (spec.DETECTOR_VIEWS, 3, spec.DETECTOR_SIZE, spec.DETECTOR_SIZE) and actual.dtype == np.uint8
     diff = np.abs(actual.astype(int) - expected.astype(int))
     assert diff.max() <= GREY_LEVEL, f"max abs diff {diff.max()} > {GREY_LEVEL} grey level"
@@ -164,7 +155,7 @@ def detections(boxes: list[list[float]], scores: list[float]) -> tuple[np.ndarra
 
 def run_cropper(image: np.ndarray, *inputs: np.ndarray) -> list[np.ndarray]:
     with torch.no_grad():
-        outputs = PlateCropper()(torch.from_numpy(image), *(torch.from_numpy(value) for value in inputs))
+        outputs = Crop()(torch.from_numpy(image), *(torch.from_numpy(value) for value in inputs))
     return [output.numpy() for output in outputs]
 
 
@@ -187,7 +178,7 @@ def test_cropper_maps_boxes_back_clips_them_and_matches_reference() -> None:
     assert plate_boxes[0].tolist() == pytest.approx([94.453, 330.894, 131.869, 342.106], abs=1e-3)
     assert plate_boxes[1].tolist() == pytest.approx([0.0, 414.500, 73.125, 439.0], abs=1e-3), "clipped to 780x439"
     np.testing.assert_array_equal(plate_scores, np.float32([0.99, 0.95, 0.9]))
-    expected = plate_cropper_reference(image, *inputs)
+    expected = crop_step_reference(image, *inputs)
     for name, actual, reference in zip(
         ("crops", "plate_boxes", "plate_scores"), (crops, plate_boxes, plate_scores), expected, strict=True
     ):
@@ -215,8 +206,8 @@ def test_grid_one_is_the_whole_image_alone() -> None:
     det_scores = det_scores.astype(np.float32)
     det_scores[0, :2] = [0.9, 0.6]
     with torch.no_grad():
-        outputs = PlateCropper(grid=1)(*(torch.from_numpy(v) for v in (image, num_dets, det_boxes, det_scores)))
-    expected = plate_cropper_reference(image, num_dets, det_boxes, det_scores, grid=1)
+        outputs = Crop(grid=1)(*(torch.from_numpy(v) for v in (image, num_dets, det_boxes, det_scores)))
+    expected = crop_step_reference(image, num_dets, det_boxes, det_scores, grid=1)
     assert outputs[0].shape[0] == 2
     for actual, reference in zip(outputs, expected, strict=True):
         assert np.abs(actual.numpy() - reference).max() <= CROP_TOLERANCE
@@ -269,6 +260,6 @@ def test_cropper_merges_the_views() -> None:
     crops, plate_boxes, plate_scores = run_cropper(image, *inputs)
     np.testing.assert_array_equal(plate_scores, np.float32([0.9, 0.8]))
     np.testing.assert_allclose(plate_boxes, [[100, 300, 180, 330], [1500, 700, 1550, 712]], atol=0.02)
-    expected = plate_cropper_reference(image, *inputs)
+    expected = crop_step_reference(image, *inputs)
     for actual, reference in zip((crops, plate_boxes, plate_scores), expected, strict=True):
         assert np.abs(actual - reference).max() <= CROP_TOLERANCE

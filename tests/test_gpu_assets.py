@@ -32,7 +32,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from alpr import spec
 from alpr.detector_graph import PRE_NMS_TOP_K, DetectorWithNMS, non_max_suppression
 from alpr.paths import repo_root
-from alpr.repository import TARGETS, write_repository
+from alpr.serving.repository import TARGETS, write_repository
 from alpr.synth.scenes import make_scene
 from engines import build, calibration, compare
 from export import tensorrt_variant
@@ -556,7 +556,7 @@ def test_dockerfile_runs_unprivileged_with_health_check_and_entrypoint() -> None
     assert re.fullmatch(r"\d+", arguments["USER"]) and int(arguments["USER"]) != 0
     assert arguments["EXPOSE"].split() == ["8000", "8001", "8002"]
     # A real inference, not the ready endpoint, which answers 200 while a dead step fails every request.
-    assert '"alpr.probe"' in arguments["HEALTHCHECK"]
+    assert '"alpr.serving.probe"' in arguments["HEALTHCHECK"]
     assert arguments["ENTRYPOINT"] == '["/opt/alpr/entrypoint.sh"]'
     copies = [a.split() for i, a in instructions if i == "COPY"]
     assert ["--chmod=755", "deploy/entrypoint.sh", "/opt/alpr/entrypoint.sh"] in copies
@@ -632,7 +632,7 @@ def test_manifests_refer_to_each_other_consistently() -> None:
     for probe in (container["readinessProbe"], container["livenessProbe"]):
         # A real inference through the ensemble, on the container's own HTTP port, within the probe's timeout.
         command = probe["exec"]["command"]
-        assert command[:3] == ["python3", "-m", "alpr.probe"]
+        assert command[:3] == ["python3", "-m", "alpr.serving.probe"]
         assert command[command.index("--url") + 1] == f"127.0.0.1:{ports['http']}"
         assert float(command[command.index("--timeout") + 1]) < probe["timeoutSeconds"] + 1e-9
     volumes = {volume["name"]: volume for volume in pod["spec"]["volumes"]}

@@ -69,8 +69,8 @@ def real_plate() -> RealPlate:
 @pytest.fixture(scope="module")
 def served_recogniser(tmp_path_factory: pytest.TempPathFactory, real_plate: RealPlate) -> Iterator[ServedRecogniser]:
     """The real tritonserver serving a CPU repository exported with the published STN and LPRNet checkpoints."""
-    from alpr.repository import write_repository
-    from alpr.server import TritonNotFoundError, TritonServer, find_installation
+    from alpr.serving.repository import write_repository
+    from alpr.serving.server import TritonNotFoundError, TritonServer, find_installation
     from export.to_onnx import export_all, load_networks, served_graphs
 
     stn_weights, lprnet_weights = published_weights("stn"), published_weights("lprnet")

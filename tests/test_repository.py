@@ -8,7 +8,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from alpr import spec
 from alpr.paths import repo_root
-from alpr.repository import (
+from alpr.serving.repository import (
     TARGETS,
     decoder_step,
     graph_steps,

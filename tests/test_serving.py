@@ -13,7 +13,7 @@ from triton_requests import assert_same_plates, infer
 from tritonclient.utils import InferenceServerException
 
 from alpr import spec
-from alpr.client import PlateRecognizer
+from alpr.client import PlateRecogniser
 from alpr.paths import shared_dir
 from alpr.vocab import CHARS, NUM_CLASSES, encode
 
@@ -168,14 +168,14 @@ def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(served_pipeli
 
 
 def test_sixteen_concurrent_clients_get_the_sequential_answers(served_pipeline, test_images) -> None:
-    with PlateRecognizer(served_pipeline.grpc_url, retries=OVERLOAD_RETRIES) as recognizer:
-        sequential = [recognizer.recognize(image) for image in test_images]
-    clients = [PlateRecognizer(served_pipeline.grpc_url, retries=OVERLOAD_RETRIES) for _ in range(16)]
+    with PlateRecogniser(served_pipeline.grpc_url, retries=OVERLOAD_RETRIES) as recogniser:
+        sequential = [recogniser.recognise(image) for image in test_images]
+    clients = [PlateRecogniser(served_pipeline.grpc_url, retries=OVERLOAD_RETRIES) for _ in range(16)]
     # Each client sends two images and the clients start on different ones, so the dynamic batches mix them.
     work = [(client, (client + round_) % len(test_images)) for client in range(16) for round_ in range(2)]
     try:
         with ThreadPoolExecutor(max_workers=16) as pool:
-            answers = list(pool.map(lambda job: clients[job[0]].recognize(test_images[job[1]]), work))
+            answers = list(pool.map(lambda job: clients[job[0]].recognise(test_images[job[1]]), work))
     finally:
         for client in clients:
             client.close()
@@ -292,8 +292,8 @@ def test_a_graph_exported_for_other_settings_is_refused_at_load(
 ) -> None:
     """K and the tile grid are settings of the export and the configs together: a detector exported with K = 8 does
     not load under configs generated for K = 5, nor a preprocess graph making 5 views under configs for 1."""
-    from alpr.repository import repository_files
-    from alpr.server import TritonServer, TritonStartError
+    from alpr.serving.repository import repository_files
+    from alpr.serving.server import TritonServer, TritonStartError
 
     repository = tmp_path / "repository"
     (repository / step / "1").mkdir(parents=True)

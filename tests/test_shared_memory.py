@@ -12,7 +12,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from alpr.cli import main as lpr
-from alpr.client import AsyncPlateRecognizer, Plate, PlateRecognizer, SharedMemoryError, region_byte_size
+from alpr.client import AsyncPlateRecogniser, Plate, PlateRecogniser, SharedMemoryError, region_byte_size
 
 # Nothing listens here: options refused at construction must fail before any connection is tried.
 UNREACHABLE_URL = "127.0.0.1:9"
@@ -45,22 +45,22 @@ def assert_same_plates(plates: list[Plate], reference: list[Plate]) -> None:
 @pytest.fixture(scope="module")
 def plain_plates(served_pipeline, test_images) -> list[list[Plate]]:
     """Plates of every test image sent sequentially in the gRPC payload: the reference."""
-    with PlateRecognizer(served_pipeline.grpc_url, retries=8) as recognizer:
-        plates = [recognizer.recognize(image) for image in test_images]
+    with PlateRecogniser(served_pipeline.grpc_url, retries=8) as recogniser:
+        plates = [recogniser.recognise(image) for image in test_images]
     assert any(plates), "no test image produced a plate"
     return plates
 
 
 def test_unknown_shared_memory_kind_is_refused() -> None:
     with pytest.raises(ValueError, match=r"none, system, cuda.*'gpu'"):
-        PlateRecognizer(UNREACHABLE_URL, shared_memory="gpu")
+        PlateRecogniser(UNREACHABLE_URL, shared_memory="gpu")
 
 
 @pytest.mark.skipif(Path("/dev/nvidiactl").exists(), reason="this host has an NVIDIA GPU")
-@pytest.mark.parametrize("recognizer_class", [PlateRecognizer, AsyncPlateRecognizer])
-def test_cuda_shared_memory_without_a_gpu_fails_at_construction(recognizer_class) -> None:
+@pytest.mark.parametrize("recogniser_class", [PlateRecogniser, AsyncPlateRecogniser])
+def test_cuda_shared_memory_without_a_gpu_fails_at_construction(recogniser_class) -> None:
     with pytest.raises(SharedMemoryError, match="shared_memory='cuda' needs an NVIDIA GPU"):
-        recognizer_class(UNREACHABLE_URL, shared_memory="cuda")
+        recogniser_class(UNREACHABLE_URL, shared_memory="cuda")
 
 
 @pytest.mark.server
@@ -68,10 +68,10 @@ def test_system_shared_memory_gives_the_plates_of_the_grpc_payload(served_pipeli
     images = growing_images(test_images)
     expected = [plain_plates[next(i for i, known in enumerate(test_images) if known is image)] for image in images]
     assert any(expected)
-    with PlateRecognizer(served_pipeline.grpc_url, retries=8, shared_memory="system") as recognizer:
-        prefix = recognizer.regions.prefix
+    with PlateRecogniser(served_pipeline.grpc_url, retries=8, shared_memory="system") as recogniser:
+        prefix = recogniser.regions.prefix
         for image, reference in zip(images, expected, strict=True):
-            assert recognizer.recognize(image) == reference
+            assert recogniser.recognise(image) == reference
         # One caller at a time needs one region, grown for the 1080p frame; the small one it replaced is gone.
         regions = registered_regions(served_pipeline.grpc_url, prefix)
         assert list(regions.values()) == [region_byte_size(max(image.nbytes for image in images))]
@@ -87,12 +87,12 @@ def test_async_system_shared_memory_with_concurrent_calls(served_pipeline, test_
     assert any(expected)
 
     async def recognise_concurrently() -> tuple[list[list[Plate]], dict[str, int], str]:
-        async with AsyncPlateRecognizer(served_pipeline.grpc_url, retries=8, shared_memory="system") as recognizer:
-            plates = await asyncio.gather(*(recognizer.recognize(image) for image in images))
+        async with AsyncPlateRecogniser(served_pipeline.grpc_url, retries=8, shared_memory="system") as recogniser:
+            plates = await asyncio.gather(*(recogniser.recognise(image) for image in images))
             return (
                 list(plates),
-                registered_regions(served_pipeline.grpc_url, recognizer.regions.prefix),
-                recognizer.regions.prefix,
+                registered_regions(served_pipeline.grpc_url, recogniser.regions.prefix),
+                recogniser.regions.prefix,
             )
 
     plates, regions_while_open, prefix = asyncio.run(recognise_concurrently())

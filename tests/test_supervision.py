@@ -1,4 +1,4 @@
-"""Faults of the serving processes, through the launcher (``python -m alpr.server serve``) on the real server.
+"""Faults of the serving processes, through the launcher (``python -m alpr.serving.server serve``) on the real server.
 
 A step's process killed under load: the launcher restarts the server, readiness is false meanwhile, no answer is
 wrong, and within 30 s every image is answered as before. A killed launcher takes its server and every step's process
@@ -25,10 +25,11 @@ import numpy as np
 from triton_requests import assert_same_plates
 from tritonclient.utils import InferenceServerException
 
-from alpr import probe, spec
-from alpr.client import Plate, PlateRecognizer, is_overload
+from alpr import spec
+from alpr.client import Plate, PlateRecogniser, is_overload
 from alpr.paths import repo_root
-from alpr.server import Endpoints, StepProcess, free_ports, step_processes
+from alpr.serving import probe
+from alpr.serving.server import Endpoints, StepProcess, free_ports, step_processes
 from benchmarks.soak import process_family_pss_mib
 
 RECOVERY_S = 30.0
@@ -92,7 +93,7 @@ def launched(repository: Path, workdir: Path, *options: str) -> Iterator[Launche
     http_port, grpc_port, metrics_port = free_ports(3)
     endpoints = Endpoints("127.0.0.1", http_port, grpc_port, metrics_port)
     log = workdir / "launcher.log"
-    command = [sys.executable, "-m", "alpr.server", "serve", "--repository", str(repository)]
+    command = [sys.executable, "-m", "alpr.serving.server", "serve", "--repository", str(repository)]
     command += ["--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)]
     command += ["--build-dir", str(workdir / "triton"), *options]
     with log.open("wb") as output:
@@ -115,9 +116,9 @@ def launched(repository: Path, workdir: Path, *options: str) -> Iterator[Launche
 def answers_as_before(url: str, images: list[np.ndarray], expected: list[list[Plate]]) -> bool:
     """Whether a new client gets every image's earlier answer (any error: not yet)."""
     try:
-        with PlateRecognizer(url, timeout_s=20) as recognizer:
+        with PlateRecogniser(url, timeout_s=20) as recogniser:
             for image, plates in zip(images, expected, strict=True):
-                assert_same_plates(recognizer.recognize(image), plates)
+                assert_same_plates(recogniser.recognise(image), plates)
     except (InferenceServerException, AssertionError):
         return False
     return True
@@ -127,8 +128,8 @@ def test_a_step_killed_under_load_is_restarted_and_no_answer_is_wrong(served_pip
     images = test_images[::2]
     with launched(served_pipeline.repository, tmp_path) as launcher:
         url = launcher.endpoints.grpc_url
-        with PlateRecognizer(url) as recognizer:
-            expected = [recognizer.recognize(image) for image in images]
+        with PlateRecogniser(url) as recogniser:
+            expected = [recogniser.recognise(image) for image in images]
         first_steps = launcher.steps()
         (victim,) = [step for step in first_steps if step.instance.startswith("lprnet")][:1]
         stop, lock = threading.Event(), threading.Lock()
@@ -137,13 +138,13 @@ def test_a_step_killed_under_load_is_restarted_and_no_answer_is_wrong(served_pip
         wrong: list[str] = []
 
         def client(start: int) -> None:
-            with PlateRecognizer(url, timeout_s=30) as recognizer:
+            with PlateRecogniser(url, timeout_s=30) as recogniser:
                 index = start
                 while not stop.is_set():
                     image_index = index % len(images)
                     index += 1
                     try:
-                        plates = recognizer.recognize(images[image_index])
+                        plates = recogniser.recognise(images[image_index])
                     except InferenceServerException:
                         time.sleep(0.05)  # refused while the step is dead or the server restarts: not an answer
                         continue
@@ -170,6 +171,16 @@ def test_a_step_killed_under_load_is_restarted_and_no_answer_is_wrong(served_pip
             # Under the same load, every image is answered (as before: checked for every answer) by the new server.
             recovered = wait_until(lambda: len(answered_since(ready_at)) == len(images), RECOVERY_S, period_s=0.1)
             recovery_s = time.monotonic() - killed_at
+            as_before = answers_as_before(url, images, expected)
+            with urllib.request.urlopen(launcher.endpoints.metrics_url, timeout=5) as response:
+                metrics = response.read().decode()
+            restarted_steps = launcher.steps()
+            # Whatever kills the launcher, SIGKILL included, ends its (restarted) server and every step's process,
+            # also those busy with requests at that moment.
+            family = [launcher.server_pid(), *(step.pid for step in restarted_steps)]
+            launcher.process.kill()
+            launcher.process.wait()
+            all_gone = wait_until(lambda: not any(alive(pid) for pid in family), GONE_AFTER_KILL_S)
             stop.set()
             for future in clients:
                 future.result()
@@ -181,20 +192,11 @@ def test_a_step_killed_under_load_is_restarted_and_no_answer_is_wrong(served_pip
         assert went_unready, "readiness stayed true after the step died"
         assert recovered and recovery_s <= RECOVERY_S, f"{timings}\n{log[-3000:]}"
         assert not wrong, wrong[:3]
-        assert answers_as_before(url, images, expected)
+        assert as_before, "a new client did not get every image's earlier answer"
         assert f"step process {victim.instance} (pid {victim.pid}) died" in log
         assert all(not alive(step.pid) for step in first_steps)
-        with urllib.request.urlopen(launcher.endpoints.metrics_url, timeout=5) as response:
-            metrics = response.read().decode()
         assert f"{spec.RESTARTS_METRIC} 1" in metrics
-
-        # Whatever kills the launcher, SIGKILL included, ends its (restarted) server and every step's process.
-        family = [launcher.server_pid(), *(step.pid for step in launcher.steps())]
-        launcher.process.kill()
-        launcher.process.wait()
-        assert wait_until(lambda: not any(alive(pid) for pid in family), GONE_AFTER_KILL_S), [
-            pid for pid in family if alive(pid)
-        ]
+        assert all_gone, [pid for pid in family if alive(pid)]
 
 
 def test_the_probe_sees_a_dead_step_and_sigterm_still_stops_everything(served_pipeline, tmp_path) -> None:
@@ -240,9 +242,9 @@ def test_sixteen_largest_images_at_once_are_answered_or_refused_within_bounded_m
             time.sleep(0.2)
 
     def client() -> None:
-        with PlateRecognizer(served_pipeline.grpc_url, timeout_s=300) as recognizer:
+        with PlateRecogniser(served_pipeline.grpc_url, timeout_s=300) as recogniser:
             try:
-                recognizer.recognize(image)
+                recogniser.recognise(image)
                 outcomes.append("answered")
             except InferenceServerException as error:
                 outcomes.append("refused" if is_overload(error) else str(error))
@@ -260,5 +262,5 @@ def test_sixteen_largest_images_at_once_are_answered_or_refused_within_bounded_m
     assert outcomes.count("answered") >= 1
     assert alive(served_pipeline.server_pid) and step_processes(served_pipeline.server_pid)
     assert peak_mib[0] < PRESSURE_MEMORY_BOUND_MIB, f"peak {peak_mib[0]:.0f} MiB"
-    with PlateRecognizer(served_pipeline.grpc_url) as recognizer:
-        assert recognizer.recognize(np.full((480, 640, 3), 128, np.uint8)) == []
+    with PlateRecogniser(served_pipeline.grpc_url) as recogniser:
+        assert recogniser.recognise(np.full((480, 640, 3), 128, np.uint8)) == []

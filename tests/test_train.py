@@ -15,7 +15,7 @@ from alpr.metrics import DetectionTally, average_precision, box_iou, edit_distan
 from alpr.models import YOLOv5, load_detector, load_lprnet, load_stn
 from alpr.train import common
 from alpr.train import detector as detector_trainer
-from alpr.train import recognizer as recogniser_trainer
+from alpr.train import recogniser as recogniser_trainer
 from alpr.train.yolo_loss import YOLOv5Loss, bbox_ciou
 
 
@@ -189,7 +189,7 @@ def test_recogniser_trainer_stops_at_its_time_budget_with_replay(tmp_path) -> No
 
 def test_recogniser_trainer_with_worker_processes_does_not_deadlock(tmp_path) -> None:
     # Validation batches run torch ops before the workers start; forked workers could then hang forever.
-    command = [sys.executable, "-m", "alpr.train.recognizer", "--iterations", "2", "--batch-size", "4",
+    command = [sys.executable, "-m", "alpr.train.recogniser", "--iterations", "2", "--batch-size", "4",
                "--workers", "1", "--validation-batches", "1", "--warmup", "1", "--run-dir", str(tmp_path / "run"),
                "--stn-output", str(tmp_path / "stn.pt"), "--lprnet-output", str(tmp_path / "lprnet.pt")]  # fmt: skip
     subprocess.run(command, check=True, timeout=300, capture_output=True, cwd=Path(__file__).parents[1])

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from alpr.models import restricted_pickle
+import alpr.models.restricted_pickle as restricted_pickle
 from alpr.models.lprnet import LPRNet
 from alpr.models.stn import STN
 from alpr.models.yolov5 import ARCHITECTURE, SCALES, STRIDES, YOLOv5, make_divisible, scaled_repeats
@@ -103,7 +103,7 @@ def load_detector(path: str | Path) -> YOLOv5:
     scale, num_classes, anchors = detector_config(checkpoint.state_dict)
     if checkpoint.arch is not None and checkpoint.arch != f"yolov5{scale}":
         raise ValueError(f"{path}: recorded as {checkpoint.arch} but its weights are yolov5{scale}")
-    multiples = checkpoint.meta.get("depth_multiple"), checkpoint.meta.get("width_multiple")
+    multiples: tuple[Any, Any] = checkpoint.meta.get("depth_multiple"), checkpoint.meta.get("width_multiple")
     if None not in multiples and tuple(float(m) for m in multiples) != SCALES[scale]:
         raise ValueError(f"{path}: depth/width multiples {multiples} are not those of a YOLOv5 v7.0 scale")
     recorded_classes = checkpoint.meta.get("nc", checkpoint.meta.get("num_classes"))
@@ -156,7 +156,8 @@ def _interpret_ultralytics(payload: dict[str, Any]) -> Checkpoint:
     if not restricted_pickle.is_stand_in(model) or "_modules" not in model.__dict__:
         raise ValueError(f"unsupported checkpoint: its 'model' is {model!r}, not a pickled module")
     attributes = model.__dict__
-    config = attributes.get("yaml") if isinstance(attributes.get("yaml"), dict) else {}
+    yaml = attributes.get("yaml")
+    config = yaml if isinstance(yaml, dict) else {}
     meta = {
         "source": f"{model.pickled_module}.{model.pickled_name}",
         "epoch": payload.get("epoch"),

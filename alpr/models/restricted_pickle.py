@@ -16,7 +16,7 @@ import copyreg
 import functools
 import pickle
 import types
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -26,7 +26,8 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("builtins", "frozenset"): frozenset,
     ("builtins", "slice"): slice,
     ("builtins", "object"): object,
-    ("copyreg", "_reconstructor"): copyreg._reconstructor,
+    # A private helper, missing from typeshed's copyreg stub.
+    ("copyreg", "_reconstructor"): copyreg._reconstructor,  # type: ignore[attr-defined]
     ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): torch._utils._rebuild_parameter_with_state,
@@ -108,12 +109,11 @@ def load(file: Any, **kwargs: Any) -> Any:
 def as_pickle_module() -> types.ModuleType:
     """A module object with ``Unpickler`` and ``load``, for ``torch.load(..., pickle_module=...)``."""
     module = types.ModuleType("alpr_restricted_pickle")
-    module.Unpickler = Unpickler
-    module.load = load
+    module.__dict__.update(Unpickler=Unpickler, load=load)
     return module
 
 
-def is_stand_in(obj: Any, name: str | None = None) -> bool:
+def is_stand_in(obj: Any, name: str | None = None) -> TypeGuard[StandIn]:
     """Whether ``obj`` is a stand-in (of a class called ``name``, when given)."""
     return isinstance(obj, StandIn) and (name is None or obj.pickled_name == name)
 

@@ -11,6 +11,8 @@ coordinates, because the ONNX ``AffineGrid`` operator (opset 20) is not supporte
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,6 +32,8 @@ def output_coordinates(height: int, width: int) -> torch.Tensor:
 class STN(nn.Module):
     """Affine spatial transformer: ``[B, 3, 24, 94] -> [B, 3, 24, 94]``."""
 
+    output_grid: torch.Tensor  # buffer registered in __init__ (nn.Module types attributes as ``Tensor | Module``)
+
     def __init__(self) -> None:
         super().__init__()
         self.localization = nn.Sequential(
@@ -46,9 +50,10 @@ class STN(nn.Module):
             nn.Linear(32, 6),
         )
         identity = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+        regressor = cast(nn.Linear, self.fc_loc[2])
         with torch.no_grad():
-            self.fc_loc[2].weight.zero_()
-            self.fc_loc[2].bias.copy_(identity)
+            regressor.weight.zero_()
+            regressor.bias.copy_(identity)
         self.register_buffer("output_grid", output_coordinates(CROP_HEIGHT, CROP_WIDTH), persistent=False)
 
     def affine(self, x: torch.Tensor) -> torch.Tensor:

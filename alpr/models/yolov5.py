@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -103,7 +104,7 @@ class Conv(nn.Module):
     def __init__(self, c_in: int, c_out: int, kernel: int = 1, stride: int = 1, padding: int | None = None) -> None:
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2 if padding is None else padding, bias=False)
-        self.bn = nn.BatchNorm2d(c_out, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.bn: nn.Module = nn.BatchNorm2d(c_out, eps=BN_EPS, momentum=BN_MOMENTUM)  # nn.Identity once fused
         self.act = nn.SiLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,6 +168,10 @@ class Concat(nn.Module):
 class Detect(nn.Module):
     """Per-level 1x1 convolutions predicting, for each anchor, box, objectness and class scores."""
 
+    # Buffers registered in __init__ (declared for the type checker: nn.Module types them as ``Tensor | Module``).
+    stride: torch.Tensor
+    anchors: torch.Tensor
+
     def __init__(self, num_classes: int, anchors_px: torch.Tensor, in_channels: Sequence[int]) -> None:
         super().__init__()
         self.nc = num_classes
@@ -208,6 +213,7 @@ class Detect(nn.Module):
         """Prior biases for training from scratch: about 8 objects per 640x640 image, class probability 0.6/nc."""
         with torch.no_grad():
             for conv, stride in zip(self.m, self.stride.tolist(), strict=True):
+                assert isinstance(conv, nn.Conv2d) and conv.bias is not None  # built with a bias in __init__
                 bias = conv.bias.view(self.na, -1)
                 bias[:, 4] += math.log(8 / (640 / stride) ** 2)
                 bias[:, 5:] += math.log(0.6 / (self.nc - 0.99999))
@@ -248,6 +254,7 @@ class YOLOv5(nn.Module):
             sources = tuple(s if s >= 0 else index + s for s in spec.sources)  # -1 at layer 0: the image
             c_in = [out_channels[s] if s >= 0 else 3 for s in sources]
             c_out = make_divisible(spec.channels * width_multiple) if spec.channels else c_in[0]
+            layer: nn.Module
             if spec.block == "Conv":
                 layer = Conv(c_in[0], c_out, spec.kernel, spec.stride, spec.padding)
             elif spec.block == "C3":
@@ -272,7 +279,7 @@ class YOLOv5(nn.Module):
 
     @property
     def head(self) -> Detect:
-        return self.model[-1]
+        return cast(Detect, self.model[-1])
 
     @property
     def stride(self) -> torch.Tensor:

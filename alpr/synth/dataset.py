@@ -128,7 +128,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 class _Job(NamedTuple):
     seed: int
-    index: int
+    item: int  # not ``index``, which would shadow tuple.index
     sizes: tuple[tuple[int, int], ...]
     out: Path
 
@@ -140,9 +140,9 @@ def _rounded(values: np.ndarray) -> list:
 
 def _write_scene(job: _Job) -> dict:
     cv2.setNumThreads(1)
-    scene = scene_at(job.seed, job.index, job.sizes)
+    scene = scene_at(job.seed, job.item, job.sizes)
     height, width = scene.image.shape[:2]
-    name = f"{job.index:06d}"
+    name = f"{job.item:06d}"
     cv2.imwrite(str(job.out / "images" / f"{name}.jpg"), scene.image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     lines = yolo_label_lines(scene.plates, height, width)
     (job.out / "labels" / f"{name}.txt").write_text("".join(f"{line}\n" for line in lines))
@@ -159,8 +159,8 @@ def _write_scene(job: _Job) -> dict:
 
 def _write_plate(job: _Job) -> dict:
     cv2.setNumThreads(1)
-    sample = random_plate_patch(item_rng(job.seed, job.index, PLATE_STREAM))
-    name = f"plates/{job.index:06d}.png"
+    sample = random_plate_patch(item_rng(job.seed, job.item, PLATE_STREAM))
+    name = f"plates/{job.item:06d}.png"
     cv2.imwrite(str(job.out / name), sample.image)
     return {"file": name, "text": sample.text, "corners": _rounded(sample.corners)}
 

@@ -234,17 +234,20 @@ def _rounded_rectangle(
 ) -> None:
     """Outline of a rounded rectangle, drawn with 4 lines and 4 quarter-ellipses."""
     x0, y0, x1, y1, r = round(x0), round(y0), round(x1), round(y1), round(radius)
-    cv2.line(canvas, (x0 + r, y0), (x1 - r, y0), 255, thickness, cv2.LINE_AA)
-    cv2.line(canvas, (x0 + r, y1), (x1 - r, y1), 255, thickness, cv2.LINE_AA)
-    cv2.line(canvas, (x0, y0 + r), (x0, y1 - r), 255, thickness, cv2.LINE_AA)
-    cv2.line(canvas, (x1, y0 + r), (x1, y1 - r), 255, thickness, cv2.LINE_AA)
+    # The ignores: OpenCV takes a scalar colour for a one-channel canvas; its stubs only admit Sequence[float].
+    cv2.line(canvas, (x0 + r, y0), (x1 - r, y0), 255, thickness, cv2.LINE_AA)  # type: ignore[call-overload]
+    cv2.line(canvas, (x0 + r, y1), (x1 - r, y1), 255, thickness, cv2.LINE_AA)  # type: ignore[call-overload]
+    cv2.line(canvas, (x0, y0 + r), (x0, y1 - r), 255, thickness, cv2.LINE_AA)  # type: ignore[call-overload]
+    cv2.line(canvas, (x1, y0 + r), (x1, y1 - r), 255, thickness, cv2.LINE_AA)  # type: ignore[call-overload]
     for centre, start in (
         ((x0 + r, y0 + r), 180),
         ((x1 - r, y0 + r), 270),
         ((x1 - r, y1 - r), 0),
         ((x0 + r, y1 - r), 90),
     ):
-        cv2.ellipse(canvas, centre, (r, r), 0, start, start + 90, 255, thickness, cv2.LINE_AA)
+        cv2.ellipse(  # type: ignore[call-overload]
+            canvas, centre, (r, r), 0, start, start + 90, 255, thickness, cv2.LINE_AA
+        )
 
 
 class GlyphStyle(NamedTuple):

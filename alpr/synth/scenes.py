@@ -13,7 +13,7 @@ import math
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import cv2
 import numpy as np
@@ -60,7 +60,8 @@ class Scene:
 
 
 def _uniform_colour(rng: np.random.Generator, low: int = 0, high: int = 256) -> tuple[int, int, int]:
-    return tuple(int(v) for v in rng.integers(low, high, 3))
+    values = rng.integers(low, high, 3)
+    return int(values[0]), int(values[1]), int(values[2])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -282,8 +283,8 @@ def _draw_car(rng: np.random.Generator, image: np.ndarray, quad: np.ndarray) -> 
     car_h = car_w * rng.uniform(0.45, 0.85)
     left = centre[0] - car_w / 2 + rng.normal(0, 0.05) * car_w
     top = centre[1] - car_h * rng.uniform(0.55, 0.8)
-    colour = np.array(CAR_COLOURS_BGR[rng.integers(len(CAR_COLOURS_BGR))], np.float32) * rng.uniform(0.7, 1.15)
-    colour = tuple(float(v) for v in np.clip(colour, 0, 255))
+    shade = np.array(CAR_COLOURS_BGR[rng.integers(len(CAR_COLOURS_BGR))], np.float32) * rng.uniform(0.7, 1.15)
+    colour = tuple(float(v) for v in np.clip(shade, 0, 255))
     slant = car_w * rng.uniform(0.05, 0.15)
     body = np.array(
         [[left + slant, top], [left + car_w - slant, top], [left + car_w, top + car_h], [left, top + car_h]], np.int32
@@ -330,7 +331,8 @@ def paste_plate(image: np.ndarray, plate: np.ndarray, quad: np.ndarray, blur_sig
     h, w = plate.shape[:2]
     # Corners are pixel edges (a box [0, W] spans a whole image) while OpenCV warps address pixel centres.
     source = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32) - 0.5
-    homography = cv2.getPerspectiveTransform(source, quad - np.array([x0, y0], np.float32) - 0.5)
+    # The cast: NumPy's stubs type an untyped ndarray minus a float32 array as Never, and then minus 0.5 as float.
+    homography = cv2.getPerspectiveTransform(source, cast(np.ndarray, quad - np.array([x0, y0], np.float32) - 0.5))
     size = (x1 - x0, y1 - y0)
     warped = cv2.warpPerspective(plate, homography, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     mask = cv2.warpPerspective(np.full((h, w), 255, np.uint8), homography, size, flags=cv2.INTER_LINEAR)
@@ -395,7 +397,7 @@ def _tiled_noise(rng: np.random.Generator, height: int, width: int, sigma: float
 
 
 def _motion_kernel(rng: np.random.Generator, length: int) -> np.ndarray:
-    kernel = np.zeros((length, length), np.float32)
+    kernel: np.ndarray = np.zeros((length, length), np.float32)
     kernel[length // 2, :] = 1.0
     rotation = cv2.getRotationMatrix2D((length / 2 - 0.5, length / 2 - 0.5), float(rng.uniform(0, 180)), 1.0)
     kernel = cv2.warpAffine(kernel, rotation, (length, length))
@@ -415,7 +417,7 @@ def _lighting(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     for _ in range(int(rng.integers(0, 3))):
         shadow = np.zeros((low_h, low_w), np.float32)
         points = (rng.random((int(rng.integers(3, 7)), 2)) * [low_w, low_h]).astype(np.int32)
-        cv2.fillPoly(shadow, [points], 1.0)
+        cv2.fillPoly(shadow, [points], 1.0)  # type: ignore[call-overload]  # a scalar colour; stubs: Sequence[float]
         light *= (1.0 - rng.uniform(0.2, 0.55) * shadow)[..., None]
     return cv2.GaussianBlur(light, (0, 0), rng.uniform(0.7, 2.0))
 
@@ -423,7 +425,7 @@ def _lighting(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
 def _camera(rng: np.random.Generator, image: np.ndarray, max_motion: int = 8) -> np.ndarray:
     """Lighting, blur, noise and JPEG compression of the whole frame, in uint8 OpenCV calls (fast on big frames)."""
     height, width = image.shape[:2]
-    light = np.clip(_lighting(rng, height, width) * LIGHT_UNIT, 0, 255).astype(np.uint8)
+    light: np.ndarray = np.clip(_lighting(rng, height, width) * LIGHT_UNIT, 0, 255).astype(np.uint8)
     light = cv2.resize(light, (width, height), interpolation=cv2.INTER_LINEAR)
     image = cv2.multiply(image, light, scale=1.0 / LIGHT_UNIT)
     if rng.random() < 0.3:
@@ -497,7 +499,7 @@ def make_scene(
         _draw_car(rng, image, plate_quad(rng, mean_plate_width) + np.array([width / 2, height * 0.7], np.float32))
 
     plates = [
-        PlateInstance(tuple(box), quad, *_draw_plate(rng, image, quad, boxes[:i] + boxes[i + 1 :]))
+        PlateInstance(box, quad, *_draw_plate(rng, image, quad, boxes[:i] + boxes[i + 1 :]))
         for i, (quad, box) in enumerate(zip(quads, boxes, strict=True))
     ]
     return Scene(_camera(rng, image) if camera else image, plates)

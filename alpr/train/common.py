@@ -34,7 +34,7 @@ class TrainState:
     iteration: int = 0
     seconds: float = 0.0  # time spent training, summed over resumes
     fresh_batches: int = 0  # of the iterations, those on newly rendered data rather than replayed
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, float | None]] = field(default_factory=list)  # loss None: validated before any step
 
 
 def save_training_checkpoint(

@@ -5,7 +5,7 @@ A share ``--real-share`` of the training tiles comes from the train split of the
 from synthetic scenes.
 
 Scenes are rendered at several frame sizes, letterboxed to the 640x640 detector input by the whole-image view of
-the very ``DetectorViews`` that the served ``preprocess`` graph runs, and cut into square training tiles (the network
+the very ``Preprocess`` that the served ``preprocess`` graph runs, and cut into square training tiles (the network
 is fully convolutional, so a 320-pixel tile teaches the same plate scales as the full 640 input at a quarter of the
 cost, which is what makes training on a laptop CPU practical).
 ``python -m alpr.train.detector --help`` lists the options.
@@ -23,8 +23,9 @@ import torch
 from tqdm import tqdm
 
 from alpr import paths, realdata, spec
-from alpr.geometry import DetectorViews, letterbox_transform, view_windows
+from alpr.geometry import letterbox_transform, view_windows
 from alpr.models import YOLOv5, load_detector, save_checkpoint
+from alpr.preprocess import Preprocess
 from alpr.synth.scenes import MAX_DISTRACTORS, make_scene
 from alpr.train.common import (
     Schedule,
@@ -85,7 +86,7 @@ class SceneTiles:
         self.tile_size = tile_size
         self.tile_views = tile_views
         self.max_distractors = max_distractors
-        self.letterbox = DetectorViews(grid=1)
+        self.letterbox = Preprocess(grid=1)
         sizes = np.array([s[2] for s in FRAME_SIZES], dtype=float)
         self.size_probabilities = sizes / sizes.sum()
 
@@ -151,7 +152,7 @@ class RealTiles:
             boxes[:, [0, 2]] = image.shape[1] - boxes[:, [2, 0]]
         height, width = image.shape[:2]
         reference = float(np.median(boxes[:, 2] - boxes[:, 0])) if len(boxes) else width * 0.2
-        scale = math.exp(rng.uniform(*(math.log(w) for w in widths))) / max(reference, 1.0)
+        scale = math.exp(rng.uniform(math.log(widths[0]), math.log(widths[1]))) / max(reference, 1.0)
         scale = min(scale, MAX_PHOTO_SCALE * spec.DETECTOR_SIZE / max(height, width))
         aspect = math.exp(rng.uniform(-0.15, 0.15))  # the CC BY photos were stretched to 416x416; lenses vary too
         new_w, new_h = max(1, round(width * scale * aspect)), max(1, round(height * scale / aspect))
@@ -235,7 +236,8 @@ def train(args: argparse.Namespace) -> dict:
         model.load_state_dict(load_detector(args.init).state_dict())
     model = model.to(device).train()
     criterion = YOLOv5Loss(model.anchors, model.stride, num_classes=1, image_size=args.tile_size).to(device)
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, parameter in model.named_parameters():
         (no_decay if parameter.ndim <= 1 or name.endswith(".bias") else decay).append(parameter)
     optimizer = torch.optim.AdamW(

@@ -36,6 +36,8 @@ def bbox_ciou(box1: torch.Tensor, box2: torch.Tensor, eps: float = 1e-7) -> torc
 class YOLOv5Loss(nn.Module):
     """Box, objectness and class losses of YOLOv5 v7.0 for the raw maps of ``YOLOv5`` in training mode."""
 
+    anchors: torch.Tensor  # buffer registered in __init__ (nn.Module types attributes as ``Tensor | Module``)
+
     def __init__(
         self,
         anchors: torch.Tensor,

@@ -45,7 +45,7 @@ class TritonPythonModel:
             raise StepFailedError(f"{step}: {response.error().message()}")
         return [pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs]
 
-    def _recognize(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
+    def _recognise(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
         (letterboxed,) = self._call("preprocess", {"image": image}, ("images",))
         num_dets, det_boxes, det_scores = self._call(
             "detector", {"images": letterboxed}, ("num_dets", "det_boxes", "det_scores")
@@ -64,7 +64,7 @@ class TritonPythonModel:
         for request in requests:
             image = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()
             try:
-                plates = self._recognize(image)
+                plates = self._recognise(image)
             except (StepFailedError, ValueError) as error:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error))))
                 continue

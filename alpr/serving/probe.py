@@ -1,4 +1,4 @@
-"""A health check that runs a real inference: ``python3 -m alpr.probe [--url 127.0.0.1:8000]``.
+"""A health check that runs a real inference: ``python3 -m alpr.serving.probe [--url 127.0.0.1:8000]``.
 
 Triton's ready endpoints answer 200 while a step whose process died fails every request; only an inference through
 the whole ensemble shows that the pipeline answers. This probe sends a small blank image to ``plate_recognition``
@@ -56,7 +56,7 @@ def probe(url: str, timeout_s: float, model: str = ENSEMBLE_NAME) -> tuple[bool,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m alpr.probe", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m alpr.serving.probe", description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="127.0.0.1:8000", help="host:port of the server's HTTP endpoint")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
     parser.add_argument("--model", default=ENSEMBLE_NAME)

@@ -1,10 +1,11 @@
 """Launch the real Triton Inference Server on a model repository of this project.
 
-``python -m alpr.server serve --repository model_repository`` runs ``tritonserver`` from PATH when it is installed
-(the official image) and otherwise the build bundled in the ``nvidia-pytriton`` wheel. Before starting, it assembles
+``python -m alpr.serving.server serve --repository model_repository`` (or ``alpr-server serve ...``) runs
+``tritonserver`` from PATH when it is installed (the official image) and otherwise the build bundled in the
+``nvidia-pytriton`` wheel. Before starting, it assembles
 a backend directory under ``build/triton/backends``: the installation's own backends, the Python backend completed
 with the stub for the running Python when the bundled build ships it apart, and the project's Python-based backend
-``onnxruntime_python`` (``ensemble/onnxruntime_python/model.py``) that serves each ONNX step on the CPU target.
+``onnxruntime_python`` (``alpr/serving/steps/onnxruntime_python.py``) that serves each ONNX step on the CPU target.
 
 ``TritonServer`` is the context manager used by the tests, the benchmarks and the command line. The server dies with
 the process that started it (``PR_SET_PDEATHSIG``), even when that process is killed with SIGKILL. The command line
@@ -35,12 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 
-from alpr.paths import repo_root
-from alpr.repository import ONNXRUNTIME_PYTHON_BACKEND
+from alpr import spec
+from alpr.serving.steps import step_source
 from alpr.spec import RESTARTS_VARIABLE
 
 # Source of the Python-based backend that runs any ONNX step through onnxruntime.
-ONNXRUNTIME_PYTHON_SOURCE = repo_root() / "ensemble" / ONNXRUNTIME_PYTHON_BACKEND / "model.py"
+ONNXRUNTIME_PYTHON_SOURCE = step_source(spec.ONNXRUNTIME_PYTHON_BACKEND)
 DEFAULT_BUILD_DIR = Path("build") / "triton"
 
 # Each Python-backend instance exchanges tensors with the server through its own shared-memory region. Start it
@@ -109,6 +110,22 @@ def find_installation() -> TritonInstallation:
     )
 
 
+def auto_target() -> str:
+    """The target this machine serves best: tensorrt with a GPU and TensorRT, onnxruntime inside the official
+    image (its native onnxruntime backend is installed), else cpu."""
+    has_gpu = (
+        shutil.which("nvidia-smi") is not None and subprocess.run(["nvidia-smi"], capture_output=True).returncode == 0
+    )
+    has_tensorrt = importlib.util.find_spec("tensorrt") is not None or shutil.which("trtexec") is not None
+    if has_gpu and has_tensorrt:
+        return "tensorrt"
+    try:
+        native_onnxruntime = (find_installation().backend_directory / "onnxruntime").is_dir()
+    except TritonNotFoundError:
+        native_onnxruntime = False
+    return "onnxruntime" if native_onnxruntime else "cpu"
+
+
 def _copy_if_changed(source: Path, target: Path) -> None:
     if target.is_file() and filecmp.cmp(source, target, shallow=False):
         return
@@ -152,7 +169,7 @@ def prepare_backend_directory(installation: TritonInstallation, build_dir: Path)
         else:
             _link(backend, backends / backend.name)
     if ONNXRUNTIME_PYTHON_SOURCE.is_file():
-        runner = backends / ONNXRUNTIME_PYTHON_BACKEND
+        runner = backends / spec.ONNXRUNTIME_PYTHON_BACKEND
         runner.mkdir(exist_ok=True)
         _copy_if_changed(ONNXRUNTIME_PYTHON_SOURCE, runner / "model.py")
     return backends
@@ -184,6 +201,33 @@ def _die_with_launcher() -> None:
     """Runs in the server's process before it executes: the kernel kills it when the launcher dies, however."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+# The watchdog, a small process beside the server: when the process that started the server dies, however (SIGKILL
+# included), the kernel sends the watchdog SIGTERM (PR_SET_PDEATHSIG), and it kills the server's whole process group.
+# The server's own PR_SET_PDEATHSIG ends the server, but a Python-backend stub busy at that moment can outlive it,
+# orphaned; the group holds the stubs too. The watchdog leaves by itself once the group is gone.
+WATCHDOG = """
+import ctypes, os, signal, sys, time
+group, launcher = int(sys.argv[1]), int(sys.argv[2])
+def end(signum, frame):
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    os._exit(0)
+signal.signal(signal.SIGTERM, end)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+if os.getppid() != launcher:
+    end(0, None)
+while True:
+    time.sleep(1.0)
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        os._exit(0)
+"""
 
 
 @dataclass(frozen=True)
@@ -229,7 +273,7 @@ def step_processes(server_pid: int) -> list[StepProcess]:
 
 def _mapped_shared_memory() -> set[str]:
     """Names of the /dev/shm files some live process of this user maps."""
-    names = set()
+    names: set[str] = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -303,7 +347,7 @@ class TritonServer:
     """A ``tritonserver`` process serving one model repository, started on the given ports or on free ones.
 
     >>> with TritonServer("model_repository") as server:
-    ...     PlateRecognizer(server.endpoints.grpc_url).recognize(image)
+    ...     PlateRecogniser(server.endpoints.grpc_url).recognise(image)
 
     With ``log_path=None`` the server writes to this process's terminal; otherwise to that file, whose end is quoted
     when the server fails to start.
@@ -337,6 +381,7 @@ class TritonServer:
         self.extra_args = extra_args
         self.environment = dict(environment or {})
         self.process: subprocess.Popen[bytes] | None = None
+        self.watchdog: subprocess.Popen[bytes] | None = None
         # The steps' processes as they were when the server became ready.
         self.steps: list[StepProcess] = []
 
@@ -386,6 +431,10 @@ class TritonServer:
         finally:
             if output is not None:
                 output.close()
+        self.watchdog = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", WATCHDOG, str(self.process.pid), str(os.getpid())],
+            start_new_session=True,
+        )
         try:
             self._wait_until_ready()
         except BaseException:
@@ -450,6 +499,9 @@ class TritonServer:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
+        if self.watchdog is not None:
+            self.watchdog.kill()
+            self.watchdog.wait()
         for step in self.steps:
             if step.shm_region and "/" not in step.shm_region:
                 Path("/dev/shm", step.shm_region).unlink(missing_ok=True)
@@ -479,7 +531,7 @@ class TritonServer:
 
 
 def _log(message: str) -> None:
-    print(f"alpr.server: {message}", file=sys.stderr, flush=True)
+    print(f"alpr.serving.server: {message}", file=sys.stderr, flush=True)
 
 
 def supervise(server: TritonServer, stopping: Callable[[], bool], period_s: float = SUPERVISE_PERIOD_S) -> int:
@@ -563,7 +615,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m alpr.server", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m alpr.serving.server", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a model repository until Ctrl-C or SIGTERM")
     serve.add_argument("--repository", type=Path, default=Path("model_repository"), help="Triton model repository")

@@ -2,7 +2,7 @@
 
 Every plate is cut from its context patch by the served crop geometry (``alpr.geometry``) around a box jittered
 like a detector's, so the recogniser learns on exactly what the ``crop`` graph feeds it.
-``python -m alpr.train.recognizer --help`` lists the options.
+``python -m alpr.train.recogniser --help`` lists the options.
 """
 
 from __future__ import annotations

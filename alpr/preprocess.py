@@ -1,0 +1,44 @@
+"""The ``preprocess`` step: one BGR image -> the detector's letterboxed views (see ``alpr.geometry``)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from alpr import spec
+from alpr.geometry import as_float, image_size, letterbox_transform, pixel_centres, sample_bilinear, view_windows
+
+
+class Preprocess(nn.Module):
+    """The ``preprocess`` step: BGR uint8 ``[H, W, 3]`` -> letterboxed RGB uint8 views ``[V, 3, 640, 640]``.
+
+    ``grid`` 1 gives the whole image alone, which is what the detector is trained on: training and serving see
+    identical pixels.
+    """
+
+    def __init__(self, grid: int = spec.TILE_GRID) -> None:
+        super().__init__()
+        self.grid = grid  # V = spec.detector_views(grid)
+
+    def forward(self, image: Tensor) -> Tensor:
+        pixels = as_float(image)
+        height, width = image_size(pixels)
+        x0, y0, x1, y1 = view_windows(height, width, self.grid).unsqueeze(-1).unbind(1)  # each [V, 1]
+        r, pad_x, pad_y = letterbox_transform(y1 - y0, x1 - x0)
+        centres = pixel_centres(spec.DETECTOR_SIZE, image.device)
+        # Canvas pixels whose centre falls on the scaled window take its samples; the rest are the fill.
+        inside_x = (centres >= pad_x) & (centres < pad_x + (x1 - x0) * r)  # [V, 640]
+        inside_y = (centres >= pad_y) & (centres < pad_y + (y1 - y0) * r)
+        source_x = x0 + (centres - pad_x) / r - 0.5
+        source_y = y0 + (centres - pad_y) / r - 0.5
+        views = source_x.shape[0]
+        rgb = torch.arange(2, -1, -1, device=image.device)  # the BGR planes 2, 1, 0 in RGB order
+        samples = sample_bilinear(
+            pixels,
+            source_y.reshape(views, 1, -1, 1),
+            source_x.reshape(views, 1, 1, -1),
+            rgb.reshape(1, 3, 1, 1),
+        )
+        inside = inside_y.reshape(views, 1, -1, 1) & inside_x.reshape(views, 1, 1, -1)
+        canvas = torch.where(inside, torch.round(samples), float(spec.LETTERBOX_FILL))
+        return canvas.to(torch.uint8)
