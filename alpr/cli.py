@@ -179,6 +179,7 @@ async def run(args: argparse.Namespace) -> int:
         retries=args.retries,
         convert=True,
         shared_memory=args.shared_memory,
+        priority=args.priority,
     ) as recogniser:
         items = read_items(sources, args.video_stride, send_files, decode=args.annotate_dir is not None)
         while True:
@@ -215,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=SHARED_MEMORY_KINDS,
         default="none",
         help="send images through system or CUDA shared memory (only with a server on this host; default none)",
+    )
+    parser.add_argument(
+        "--priority",
+        choices=sorted(spec.PRIORITIES),
+        default="live",
+        help="live (default) is served ahead of backfill: send archive jobs as backfill",
     )
     parser.add_argument("--video-stride", type=int, default=1, help="recognise every S-th frame of videos")
     parser.add_argument(

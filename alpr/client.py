@@ -321,7 +321,12 @@ class _Recogniser:
         retries: int = 0,
         convert: bool = False,
         shared_memory: str = "none",
+        priority: str = "live",
     ) -> None:
+        if priority not in spec.PRIORITIES:
+            raise ValueError(f"priority must be one of {sorted(spec.PRIORITIES)}, got {priority!r}")
+        # Triton's level of every request this client sends: live frames are served ahead of backfill.
+        self.priority = spec.PRIORITIES[priority]
         self.model = model
         self.encoded_model = encoded_model
         self.timeout_s = timeout_s
@@ -351,6 +356,7 @@ class PlateRecogniser(_Recogniser):
     ``shared_memory`` (``"none"``, ``"system"`` or ``"cuda"``) sends the image through a shared-memory region instead
     of the request, only possible on the server's host (see the module docstring); each thread's call in flight uses
     its own region. ``"cuda"`` raises ``SharedMemoryError`` at once where there is no GPU or CUDA runtime.
+    ``priority`` ``"live"`` (default) is served ahead of ``"backfill"`` at every step with a queue.
     """
 
     def recognise(self, image: np.ndarray, *, convert: bool | None = None) -> list[Plate]:
@@ -394,7 +400,9 @@ class PlateRecogniser(_Recogniser):
     def _infer(self, inputs: list[Any], outputs: list[Any], model: str | None = None) -> list[Plate]:
         for attempt in range(self.retries + 1):
             try:
-                result = self.client.infer(model or self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
+                result = self.client.infer(
+                    model or self.model, inputs, outputs=outputs, client_timeout=self.timeout_s, priority=self.priority
+                )
                 return plates_from_result(result)
             except InferenceServerException as error:
                 if not self._should_retry(error, attempt):
@@ -469,7 +477,7 @@ class AsyncPlateRecogniser(_Recogniser):
         for attempt in range(self.retries + 1):
             try:
                 result = await self.client.infer(
-                    model or self.model, inputs, outputs=outputs, client_timeout=self.timeout_s
+                    model or self.model, inputs, outputs=outputs, client_timeout=self.timeout_s, priority=self.priority
                 )
                 return plates_from_result(result)
             except InferenceServerException as error:

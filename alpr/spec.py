@@ -62,6 +62,10 @@ LPRNET_STEPS = 18
 MIN_IMAGE_SIDE = 16
 MAX_IMAGE_SIDE = 4096
 
+# Request priorities (Triton's priority levels, 1 first): live camera frames ahead of backfill from archives. A request
+# that names none is live; the ensemble passes its priority on to every step with a queue.
+PRIORITIES = {"live": 1, "backfill": 2}
+
 # Batching limits of the batching steps.
 # The detector batches views: up to four images' views per call.
 DETECTOR_IMAGES_PER_BATCH = 4

@@ -9,6 +9,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from alpr import spec
 from alpr.paths import repo_root
 from alpr.serving.repository import (
+    GPU_CONCURRENT_EXECUTIONS,
+    GPU_EXECUTIONS,
     TARGETS,
     decoder_step,
     graph_steps,
@@ -215,3 +217,17 @@ def test_tensorrt_repository_takes_no_onnx_graphs(tmp_path) -> None:
     out = write_repository(tmp_path / "repository", "tensorrt")
     assert (out / "detector" / "config.pbtxt").is_file()
     assert not list(out.rglob("model.plan"))
+
+
+def test_gpu_instances_take_turns_on_the_device_through_the_rate_limiter() -> None:
+    entrypoint = (repo_root() / "deploy" / "entrypoint.sh").read_text()
+    assert "--rate-limit=execution_count" in entrypoint
+    assert f'gpu_executions="${{ALPR_GPU_CONCURRENT_EXECUTIONS:-{GPU_CONCURRENT_EXECUTIONS}}}"' in entrypoint
+    for name, config in parsed_configs("tensorrt").items():
+        for group in config.instance_group:
+            if group.kind != mc.ModelInstanceGroup.KIND_GPU:
+                continue
+            resources = {resource.name: resource.count for resource in group.rate_limiter.resources}
+            assert resources == {GPU_EXECUTIONS: 1}, name
+    for config in parsed_configs("cpu").values():
+        assert all(not group.HasField("rate_limiter") for group in config.instance_group), config.name

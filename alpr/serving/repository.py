@@ -38,6 +38,9 @@ BATCH_QUEUE_DELAY_US = 500
 QUEUE_TIMEOUT_US = 5_000_000
 ENTRY_QUEUE_SIZE = 64
 THREADS_PER_INSTANCE = 1
+# Rate-limiter resource of the GPU steps' instances, and how many may execute at once on one GPU.
+GPU_EXECUTIONS = "gpu_executions"
+GPU_CONCURRENT_EXECUTIONS = 2
 # More tiles than this would make the detector's batch of one image's views exceed any sensible GPU profile.
 MAX_TILE_GRID = 4
 
@@ -240,6 +243,10 @@ def _scheduling(config: mc.ModelConfig, scheduling: Scheduling) -> None:
     if config.max_batch_size > 0:
         batching.preferred_batch_size.extend(scheduling.preferred_batch_sizes)
         batching.max_queue_delay_microseconds = BATCH_QUEUE_DELAY_US
+    # Two priority levels: live camera frames (the default) ahead of backfill from archives. Each level queues apart,
+    # bounded by the same policy, and a batch is filled from the live queue first.
+    batching.priority_levels = len(spec.PRIORITIES)
+    batching.default_priority_level = spec.PRIORITIES["live"]
     policy = batching.default_queue_policy
     policy.timeout_action = mc.ModelQueuePolicy.REJECT
     policy.default_timeout_microseconds = QUEUE_TIMEOUT_US
@@ -265,6 +272,12 @@ def step_config(step: Step, target: str) -> mc.ModelConfig:
         config.default_model_filename = "model.plan"
         group.kind = mc.ModelInstanceGroup.KIND_GPU
         group.count = step.scheduling.gpu_instances
+        # With --rate-limit=execution_count (deploy/entrypoint.sh), an instance runs only while it holds one unit of
+        # GPU_EXECUTIONS, of which the server has GPU_CONCURRENT_EXECUTIONS per device: the steps' instances cannot
+        # oversubscribe the GPU, and the queues (live first) decide who runs next.
+        resource = group.rate_limiter.resources.add()
+        resource.name = GPU_EXECUTIONS
+        resource.count = 1
         return config
     group.kind = mc.ModelInstanceGroup.KIND_CPU
     group.count = step.scheduling.cpu_instances
