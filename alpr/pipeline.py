@@ -107,12 +107,14 @@ class OnnxPipeline:
 
     def __call__(self, image: np.ndarray) -> PlateReadings:
         """Plates of one BGR uint8 ``[H, W, 3]`` image."""
-        run = self.sessions
-        (images,) = run["preprocess"].run(None, {"image": image})
-        num_dets, det_boxes, det_scores = run["detector"].run(None, {"images": images})
-        crops, plate_boxes, plate_scores = run["crop"].run(
-            None, {"image": image, "num_dets": num_dets, "det_boxes": det_boxes, "det_scores": det_scores}
-        )
-        (rectified,) = run["stn"].run(None, {"crops": crops})
-        (logits,) = run["lprnet"].run(None, {"rectified": rectified})
+        (images,) = self.run("preprocess", image)
+        num_dets, det_boxes, det_scores = self.run("detector", images)
+        crops, plate_boxes, plate_scores = self.run("crop", image, num_dets, det_boxes, det_scores)
+        (rectified,) = self.run("stn", crops)
+        (logits,) = self.run("lprnet", rectified)
         return _finish(logits, plate_boxes, plate_scores)
+
+    def run(self, step: str, *values: np.ndarray) -> list[np.ndarray]:
+        """The outputs of ``step``'s graph for its inputs ``values``, both in the order of ``spec.STEP_TENSORS``."""
+        feeds = dict(zip(spec.step_inputs(step), values, strict=True))
+        return self.sessions[step].run(list(spec.step_outputs(step)), feeds)

@@ -90,6 +90,36 @@ OUTPUT_NAMES = ("boxes", "det_scores", "texts", "text_scores")
 ENCODED_ENSEMBLE_NAME = "plate_recognition_encoded"
 ENCODED_INPUT = "encoded"
 
+# The tensors between the steps.
+VIEWS = "images"
+NUM_DETS, DET_BOXES, DET_SCORES = "num_dets", "det_boxes", "det_scores"
+CROPS, PLATE_BOXES, PLATE_SCORES = "crops", "plate_boxes", "plate_scores"
+RECTIFIED = "rectified"
+LOGITS = "logits"
+# Every step's tensor names, (inputs, outputs) in the order the step takes and gives them; the ensemble's steps in
+# the order a request passes them. Shapes and types are in alpr/serving/repository.py.
+STEP_TENSORS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "image_decoder": ((ENCODED_INPUT,), (IMAGE_INPUT,)),
+    "preprocess": ((IMAGE_INPUT,), (VIEWS,)),
+    "detector": ((VIEWS,), (NUM_DETS, DET_BOXES, DET_SCORES)),
+    "crop": ((IMAGE_INPUT, NUM_DETS, DET_BOXES, DET_SCORES), (CROPS, PLATE_BOXES, PLATE_SCORES)),
+    "stn": ((CROPS,), (RECTIFIED,)),
+    "lprnet": ((RECTIFIED,), (LOGITS,)),
+    "ctc_decoder": ((LOGITS, PLATE_BOXES, PLATE_SCORES), OUTPUT_NAMES),
+}
+PIPELINE_STEPS = ("preprocess", "detector", "crop", "stn", "lprnet", "ctc_decoder")
+
+
+def step_inputs(step: str) -> tuple[str, ...]:
+    """The input tensor names of ``step``, in its order."""
+    return STEP_TENSORS[step][0]
+
+
+def step_outputs(step: str) -> tuple[str, ...]:
+    """The output tensor names of ``step``, in its order."""
+    return STEP_TENSORS[step][1]
+
+
 # Operations: the launcher (alpr.serving.server) tells the steps through this variable how often it restarted the
 # server after a step's process or the server died, and the CTC decoder publishes it as this gauge on the metrics
 # endpoint.

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from alpr import spec
 from alpr.pipeline import OnnxPipeline
 from benchmarks.floor import measure_floor
 
@@ -137,10 +138,10 @@ class DetectorAlone:
     def __init__(self, pipeline: OnnxPipeline, images: Sequence[np.ndarray]) -> None:
         self.session = pipeline.sessions["detector"]
         preprocess = pipeline.sessions["preprocess"]
-        self.views = [preprocess.run(None, {"image": image})[0] for image in images]
+        self.views = [preprocess.run(None, {spec.IMAGE_INPUT: image})[0] for image in images]
 
     def __call__(self, views: np.ndarray) -> list[int]:
-        (num_dets, _, _) = self.session.run(None, {"images": views})
+        (num_dets, _, _) = self.session.run(None, {spec.VIEWS: views})
         return [int(count) for count in num_dets.reshape(-1)]
 
 

@@ -160,7 +160,7 @@ def serving(args: argparse.Namespace, baseline_repository: Path) -> Iterator[tup
 
 
 def _infer(client: grpcclient.InferenceServerClient, model: str, image: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    tensor = grpcclient.InferInput("image", list(image.shape), "UINT8")
+    tensor = grpcclient.InferInput(spec.IMAGE_INPUT, list(image.shape), "UINT8")
     tensor.set_data_from_numpy(image)
     answer = client.infer(model, [tensor])
     return answer.as_numpy("boxes"), [text.decode() for text in answer.as_numpy("texts")]

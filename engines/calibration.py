@@ -135,8 +135,9 @@ class CalibrationBatches:
                 continue
             height, width = image.shape[:2]
             detections = detections_for_boxes(boxes, height, width, spec.MAX_PLATES, score=1.0, tile_grid=tile_grid)
-            feed = dict(zip(("image", "num_dets", "det_boxes", "det_scores"), (image, *detections), strict=True))
+            feed = dict(zip(spec.step_inputs("crop"), (image, *detections), strict=True))
             crops.append(self.crop.run(None, feed)[0])
         rows = np.concatenate(crops) if crops else np.zeros((0, 3, spec.CROP_HEIGHT, spec.CROP_WIDTH), np.float32)
         for start in range(0, len(rows) - batch_size + 1, batch_size):
-            yield {"rectified": self.stn.run(None, {"crops": rows[start : start + batch_size]})[0]}
+            (crops_input,), (lprnet_input,) = spec.step_inputs("stn"), spec.step_inputs("lprnet")
+            yield {lprnet_input: self.stn.run(None, {crops_input: rows[start : start + batch_size]})[0]}

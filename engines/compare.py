@@ -82,7 +82,7 @@ def compare_close(name: str, reference: np.ndarray, candidate: np.ndarray, toler
 
 def compare_canvas(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance) -> list[str]:
     """The letterboxed uint8 canvas: off by at most ``atol`` and almost everywhere equal."""
-    failures = compare_close("images", reference, candidate, tolerance)
+    failures = compare_close(spec.VIEWS, reference, candidate, tolerance)
     if not failures:
         exact = float(np.mean(reference == candidate))
         if exact < PREPROCESS_MIN_EXACT:
@@ -92,8 +92,8 @@ def compare_canvas(reference: np.ndarray, candidate: np.ndarray, tolerance: Tole
 
 def image_detections(outputs: dict[str, np.ndarray], image: int) -> tuple[np.ndarray, np.ndarray]:
     """The valid boxes and scores of one image of a detector's padded outputs."""
-    count = int(outputs["num_dets"][image].reshape(-1)[0])
-    return outputs["det_boxes"][image, :count].astype(np.float64), outputs["det_scores"][image, :count]
+    count = int(outputs[spec.NUM_DETS][image].reshape(-1)[0])
+    return outputs[spec.DET_BOXES][image, :count].astype(np.float64), outputs[spec.DET_SCORES][image, :count]
 
 
 def compare_detections(
@@ -102,7 +102,7 @@ def compare_detections(
     """Per image: the same detections, each box within ``box_px`` and its score within ``score_atol``."""
     failures = []
     borderline = spec.DETECTOR_CONFIDENCE + tolerance.score_atol
-    for image in range(reference["num_dets"].shape[0]):
+    for image in range(reference[spec.NUM_DETS].shape[0]):
         ref_boxes, ref_scores = image_detections(reference, image)
         cand_boxes, cand_scores = image_detections(candidate, image)
         unmatched = list(range(len(cand_boxes)))
@@ -125,7 +125,7 @@ def compare_detections(
 
 def compare_logits(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance) -> list[str]:
     """LPRNet logits ``[M, classes, steps]``: elementwise bound (unless int8) and greedy-path agreement."""
-    failures = compare_close("logits", reference, candidate, tolerance) if tolerance.elementwise else []
+    failures = compare_close(spec.LOGITS, reference, candidate, tolerance) if tolerance.elementwise else []
     if reference.shape == candidate.shape:
         agreement = float(np.mean(reference.argmax(axis=1) == candidate.argmax(axis=1)))
         if agreement < tolerance.min_path_agreement:
@@ -141,11 +141,11 @@ def compare_step(
     """Failures of one step's plan outputs against onnxruntime's, with the tolerance of its precision."""
     tolerance = TOLERANCES[(model, precision)]
     if model == "preprocess":
-        return compare_canvas(reference["images"], candidate["images"], tolerance)
+        return compare_canvas(reference[spec.VIEWS], candidate[spec.VIEWS], tolerance)
     if model == "detector":
         return compare_detections(reference, candidate, tolerance)
     if model == "lprnet":
-        return compare_logits(reference["logits"], candidate["logits"], tolerance)
+        return compare_logits(reference[spec.LOGITS], candidate[spec.LOGITS], tolerance)
     return [
         failure for name in reference for failure in compare_close(name, reference[name], candidate[name], tolerance)
     ]
@@ -177,17 +177,17 @@ def step_inputs(onnx_dir: Path, images: Iterable[np.ndarray]) -> dict[str, list[
     feeds: dict[str, list[dict[str, np.ndarray]]] = defaultdict(list)
     letterboxed, crops = [], []
     for image in images:
-        feeds["preprocess"].append({"image": image})
-        canvas = run("preprocess", {"image": image})["images"]
+        feeds["preprocess"].append({spec.IMAGE_INPUT: image})
+        canvas = run("preprocess", {spec.IMAGE_INPUT: image})[spec.VIEWS]
         letterboxed.append(canvas)
-        detections = run("detector", {"images": canvas})
-        crop_feed = {"image": image, **detections}
+        detections = run("detector", {spec.VIEWS: canvas})
+        crop_feed = {spec.IMAGE_INPUT: image, **detections}
         feeds["crop"].append(crop_feed)
-        crops.append(run("crop", crop_feed)["crops"])
-    feeds["detector"] = [{"images": batch} for batch in chunks(letterboxed, spec.DETECTOR_MAX_BATCH // 2)]
+        crops.append(run("crop", crop_feed)[spec.CROPS])
+    feeds["detector"] = [{spec.VIEWS: batch} for batch in chunks(letterboxed, spec.DETECTOR_MAX_BATCH // 2)]
     for batch in chunks(crops, spec.RECOGNISER_MAX_BATCH):
-        feeds["stn"].append({"crops": batch})
-        feeds["lprnet"].append({"rectified": run("stn", {"crops": batch})["rectified"]})
+        feeds["stn"].append({spec.CROPS: batch})
+        feeds["lprnet"].append({spec.RECTIFIED: run("stn", {spec.CROPS: batch})[spec.RECTIFIED]})
     return feeds
 
 

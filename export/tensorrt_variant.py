@@ -58,8 +58,8 @@ BOX_CODING_CORNERS = 0
 NO_BACKGROUND_CLASS = -1
 OPSET = 17
 
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("num_dets", "det_boxes", "det_scores")
+(INPUT_NAME,) = spec.step_inputs("detector")
+OUTPUT_NAMES = spec.step_outputs("detector")
 
 
 @dataclass(frozen=True)

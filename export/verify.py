@@ -134,7 +134,7 @@ def detections_for(scene: Scene, max_plates: int, tile_grid: int) -> tuple[np.nd
     return detections_for_boxes(scene.plate_boxes, height, width, max_plates, score=0.9, tile_grid=tile_grid)
 
 
-CROP_INPUTS = ("image", "num_dets", "det_boxes", "det_scores")
+CROP_INPUTS = spec.step_inputs("crop")
 
 
 def crop_feed(image: np.ndarray, detections: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
@@ -166,7 +166,7 @@ def verify(onnx_dir: Path, networks: Networks, seed: int = 0) -> list[Check]:
     }
     letterboxed = {}
     for label, image in images.items():
-        (output,) = sessions["preprocess"].run(None, {"image": image})
+        (output,) = sessions["preprocess"].run(None, {spec.IMAGE_INPUT: image})
         letterboxed[label] = output
         with torch.no_grad():
             eager = letterbox(torch.from_numpy(image))
@@ -176,7 +176,7 @@ def verify(onnx_dir: Path, networks: Networks, seed: int = 0) -> list[Check]:
     # detector: the views of the real photo and of a random frame in one batch, against eager PyTorch with the same NMS.
     detector = DetectorWithNMS(networks.detector, max_plates).eval()
     batch = np.concatenate([letterboxed[scene.name], letterboxed["random 720x1280"]])
-    outputs = sessions["detector"].run(None, {"images": batch})
+    outputs = sessions["detector"].run(None, {spec.VIEWS: batch})
     with torch.no_grad():
         expected = detector(torch.from_numpy(batch))
     tolerances = [0.0, BOX_TOLERANCE, SCORE_TOLERANCE]
@@ -209,8 +209,8 @@ def verify(onnx_dir: Path, networks: Networks, seed: int = 0) -> list[Check]:
         f"{scene.name} plate crops": plate_crops,
     }
     for label, crops in inputs.items():
-        (rectified,) = sessions["stn"].run(None, {"crops": crops})
-        (logits,) = sessions["lprnet"].run(None, {"rectified": rectified})
+        (rectified,) = sessions["stn"].run(None, {spec.CROPS: crops})
+        (logits,) = sessions["lprnet"].run(None, {spec.RECTIFIED: rectified})
         with torch.no_grad():
             expected_rectified = networks.stn(torch.from_numpy(crops))
             expected_logits = networks.lprnet(torch.from_numpy(rectified))
@@ -221,7 +221,7 @@ def verify(onnx_dir: Path, networks: Networks, seed: int = 0) -> list[Check]:
 
 def exported_max_plates(detector: ort.InferenceSession) -> int:
     """K, the detections per image that the exported detector pads to (the second dim of ``det_boxes``)."""
-    return next(output.shape[1] for output in detector.get_outputs() if output.name == "det_boxes")
+    return next(output.shape[1] for output in detector.get_outputs() if output.name == spec.DET_BOXES)
 
 
 def exported_tile_grid(preprocess: ort.InferenceSession) -> int:
@@ -233,18 +233,18 @@ def time_graphs(onnx_dir: Path, repeats: int = 10, threads: int = 1) -> dict[str
     """Median onnxruntime wall time in milliseconds of each graph for one 1920x1080 frame with one plate."""
     scene = synthetic_scene()
     sessions = {name: session(Path(onnx_dir) / f"{name}.onnx", threads) for name in GRAPH_NAMES}
-    (images,) = sessions["preprocess"].run(None, {"image": scene.image})
+    (images,) = sessions["preprocess"].run(None, {spec.IMAGE_INPUT: scene.image})
     detections = detections_for(
         scene, exported_max_plates(sessions["detector"]), exported_tile_grid(sessions["preprocess"])
     )
     crops, _, _ = sessions["crop"].run(None, crop_feed(scene.image, detections))
-    (rectified,) = sessions["stn"].run(None, {"crops": crops})
+    (rectified,) = sessions["stn"].run(None, {spec.CROPS: crops})
     feeds = {
-        "preprocess": {"image": scene.image},
-        "detector": {"images": images},
+        "preprocess": {spec.IMAGE_INPUT: scene.image},
+        "detector": {spec.VIEWS: images},
         "crop": crop_feed(scene.image, detections),
-        "stn": {"crops": crops},
-        "lprnet": {"rectified": rectified},
+        "stn": {spec.CROPS: crops},
+        "lprnet": {spec.RECTIFIED: rectified},
     }
     timings = {}
     for name, feed in feeds.items():

@@ -72,6 +72,8 @@ CONTRACT_DEFINITIONS = {
     "version directory": r'^\s*(MODEL_)?VERSION\s*=\s*"1"\s*$',
     "TensorRT platform": r'=\s*"tensorrt_plan"',
     "config reader": r"^def read_config\(",
+    "step tensor names": r'"(num_dets|det_boxes|plate_boxes|plate_scores|rectified)"',
+    "step tensors": r"^STEP_TENSORS\b",
 }
 
 

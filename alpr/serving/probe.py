@@ -15,7 +15,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from alpr.spec import ENSEMBLE_NAME, MIN_IMAGE_SIDE, OUTPUT_NAMES
+from alpr.spec import ENSEMBLE_NAME, IMAGE_INPUT, MIN_IMAGE_SIDE, OUTPUT_NAMES
 
 # Triton answers 503 (UNAVAILABLE) when a bounded queue refuses a request.
 BUSY_STATUS = 503
@@ -24,7 +24,9 @@ BUSY_STATUS = 503
 def probe_request(side: int = MIN_IMAGE_SIDE) -> bytes:
     """A mid-grey ``side`` x ``side`` BGR image as a KServe v2 JSON inference request."""
     request = {
-        "inputs": [{"name": "image", "shape": [side, side, 3], "datatype": "UINT8", "data": [128] * (side * side * 3)}],
+        "inputs": [
+            {"name": IMAGE_INPUT, "shape": [side, side, 3], "datatype": "UINT8", "data": [128] * (side * side * 3)}
+        ],
         "outputs": [{"name": name} for name in OUTPUT_NAMES],
     }
     return json.dumps(request).encode()

@@ -38,6 +38,8 @@ BATCH_QUEUE_DELAY_US = 500
 QUEUE_TIMEOUT_US = 5_000_000
 ENTRY_QUEUE_SIZE = 64
 THREADS_PER_INSTANCE = 1
+# A BGR image of any size.
+IMAGE = ("UINT8", (-1, -1, 3))
 # Rate-limiter resource of the GPU steps' instances, and how many may execute at once on one GPU.
 GPU_EXECUTIONS = "gpu_executions"
 GPU_CONCURRENT_EXECUTIONS = 2
@@ -92,6 +94,11 @@ def _tensor(name: str, data_type: str, *dims: int) -> TensorSpec:
     return TensorSpec(name, f"TYPE_{data_type}", tuple(dims))
 
 
+def _tensors(names: tuple[str, ...], *kinds: tuple[str, tuple[int, ...]]) -> tuple[TensorSpec, ...]:
+    """The tensors ``names`` (a step's, from ``spec.STEP_TENSORS``) with their (data type, dims), in order."""
+    return tuple(_tensor(name, data_type, *dims) for name, (data_type, dims) in zip(names, kinds, strict=True))
+
+
 def graph_steps(max_plates: int = spec.MAX_PLATES, tile_grid: int = spec.TILE_GRID) -> tuple[Step, ...]:
     """The five steps exported as graphs (preprocess, detector, crop, stn, lprnet), per ARCHITECTURE.md."""
     if not 1 <= max_plates <= spec.RECOGNISER_MAX_BATCH:
@@ -104,24 +111,20 @@ def graph_steps(max_plates: int = spec.MAX_PLATES, tile_grid: int = spec.TILE_GR
     return (
         Step(
             name="preprocess",
-            inputs=(_tensor("image", "UINT8", -1, -1, 3),),
-            outputs=(_tensor("images", "UINT8", views, 3, size, size),),
+            inputs=_tensors(spec.step_inputs("preprocess"), IMAGE),
+            outputs=_tensors(spec.step_outputs("preprocess"), ("UINT8", (views, 3, size, size))),
             max_batch_size=0,
             scheduling=Scheduling(max_queue_size=ENTRY_QUEUE_SIZE, dynamic_batching=True),
             note=(
                 f"{views} view(s), {tiles}, each letterboxed to 640x640 RGB planes. "
                 "The entry step: its bounded queue refuses overload."
             ),
-            image_input="image",
+            image_input=spec.IMAGE_INPUT,
         ),
         Step(
             name="detector",
-            inputs=(_tensor("images", "UINT8", 3, size, size),),
-            outputs=(
-                _tensor("num_dets", "INT32", 1),
-                _tensor("det_boxes", "FP32", k, 4),
-                _tensor("det_scores", "FP32", k),
-            ),
+            inputs=_tensors(spec.step_inputs("detector"), ("UINT8", (3, size, size))),
+            outputs=_tensors(spec.step_outputs("detector"), ("INT32", (1,)), ("FP32", (k, 4)), ("FP32", (k,))),
             max_batch_size=spec.DETECTOR_IMAGES_PER_BATCH * views,
             scheduling=Scheduling(
                 cpu_instances=2,
@@ -134,17 +137,14 @@ def graph_steps(max_plates: int = spec.MAX_PLATES, tile_grid: int = spec.TILE_GR
         ),
         Step(
             name="crop",
-            inputs=(
-                _tensor("image", "UINT8", -1, -1, 3),
-                _tensor("num_dets", "INT32", views, 1),
-                _tensor("det_boxes", "FP32", views, k, 4),
-                _tensor("det_scores", "FP32", views, k),
+            inputs=_tensors(
+                spec.step_inputs("crop"),
+                IMAGE,
+                ("INT32", (views, 1)),
+                ("FP32", (views, k, 4)),
+                ("FP32", (views, k)),
             ),
-            outputs=(
-                _tensor("crops", "FP32", -1, *crop),
-                _tensor("plate_boxes", "FP32", -1, 4),
-                _tensor("plate_scores", "FP32", -1),
-            ),
+            outputs=_tensors(spec.step_outputs("crop"), ("FP32", (-1, *crop)), ("FP32", (-1, 4)), ("FP32", (-1,))),
             max_batch_size=0,
             scheduling=Scheduling(),
             note=(
@@ -154,8 +154,8 @@ def graph_steps(max_plates: int = spec.MAX_PLATES, tile_grid: int = spec.TILE_GR
         ),
         Step(
             name="stn",
-            inputs=(_tensor("crops", "FP32", *crop),),
-            outputs=(_tensor("rectified", "FP32", *crop),),
+            inputs=_tensors(spec.step_inputs("stn"), ("FP32", crop)),
+            outputs=_tensors(spec.step_outputs("stn"), ("FP32", crop)),
             max_batch_size=spec.RECOGNISER_MAX_BATCH,
             scheduling=Scheduling(
                 preferred_batch_sizes=(8, 16), max_queue_size=4 * ENTRY_QUEUE_SIZE, dynamic_batching=True
@@ -164,8 +164,8 @@ def graph_steps(max_plates: int = spec.MAX_PLATES, tile_grid: int = spec.TILE_GR
         ),
         Step(
             name="lprnet",
-            inputs=(_tensor("rectified", "FP32", *crop),),
-            outputs=(_tensor("logits", "FP32", NUM_CLASSES, spec.LPRNET_STEPS),),
+            inputs=_tensors(spec.step_inputs("lprnet"), ("FP32", crop)),
+            outputs=_tensors(spec.step_outputs("lprnet"), ("FP32", (NUM_CLASSES, spec.LPRNET_STEPS))),
             max_batch_size=spec.RECOGNISER_MAX_BATCH,
             scheduling=Scheduling(
                 preferred_batch_sizes=(8, 16), max_queue_size=4 * ENTRY_QUEUE_SIZE, dynamic_batching=True
@@ -179,16 +179,14 @@ def decoder_step() -> Step:
     """The Python step closing the pipeline: greedy CTC, plate confidence, padding rows dropped."""
     return Step(
         name="ctc_decoder",
-        inputs=(
-            _tensor("logits", "FP32", -1, NUM_CLASSES, spec.LPRNET_STEPS),
-            _tensor("plate_boxes", "FP32", -1, 4),
-            _tensor("plate_scores", "FP32", -1),
+        inputs=_tensors(
+            spec.step_inputs("ctc_decoder"),
+            ("FP32", (-1, NUM_CLASSES, spec.LPRNET_STEPS)),
+            ("FP32", (-1, 4)),
+            ("FP32", (-1,)),
         ),
-        outputs=(
-            _tensor("boxes", "FP32", -1, 4),
-            _tensor("det_scores", "FP32", -1),
-            _tensor("texts", "STRING", -1),
-            _tensor("text_scores", "FP32", -1),
+        outputs=_tensors(
+            spec.step_outputs("ctc_decoder"), ("FP32", (-1, 4)), ("FP32", (-1,)), ("STRING", (-1,)), ("FP32", (-1,))
         ),
         max_batch_size=0,
         scheduling=Scheduling(),
@@ -206,8 +204,8 @@ def image_decoder_step() -> Step:
     """The Python step opening ``plate_recognition_encoded``: one image file in, its BGR pixels out."""
     return Step(
         name="image_decoder",
-        inputs=(_tensor(spec.ENCODED_INPUT, "STRING", 1),),
-        outputs=(_tensor(spec.IMAGE_INPUT, "UINT8", -1, -1, 3),),
+        inputs=_tensors(spec.step_inputs("image_decoder"), ("STRING", (1,))),
+        outputs=_tensors(spec.step_outputs("image_decoder"), IMAGE),
         max_batch_size=0,
         scheduling=Scheduling(max_queue_size=ENTRY_QUEUE_SIZE, dynamic_batching=True),
         python_code=True,
@@ -299,34 +297,27 @@ def step_config(step: Step, target: str) -> mc.ModelConfig:
     return config
 
 
-# The dataflow of one request: (step, {step input: ensemble tensor}, {step output: ensemble tensor}).
-ENSEMBLE_WIRING: tuple[tuple[str, dict[str, str], dict[str, str]], ...] = (
-    ("preprocess", {"image": "image"}, {"images": "letterboxed"}),
-    (
-        "detector",
-        {"images": "letterboxed"},
-        {"num_dets": "num_dets", "det_boxes": "det_boxes", "det_scores": "padded_det_scores"},
-    ),
-    (
-        "crop",
-        {"image": "image", "num_dets": "num_dets", "det_boxes": "det_boxes", "det_scores": "padded_det_scores"},
-        {"crops": "crops", "plate_boxes": "plate_boxes", "plate_scores": "plate_scores"},
-    ),
-    ("stn", {"crops": "crops"}, {"rectified": "rectified"}),
-    ("lprnet", {"rectified": "rectified"}, {"logits": "logits"}),
-    (
-        "ctc_decoder",
-        {"logits": "logits", "plate_boxes": "plate_boxes", "plate_scores": "plate_scores"},
-        {name: name for name in spec.OUTPUT_NAMES},
-    ),
-)
+# The ensemble's tensors take the names of the step tensors they connect, except these: the detector's det_scores
+# would clash with the ensemble's own det_scores output, and the views are named for what they are.
+ENSEMBLE_RENAMED = {spec.VIEWS: "letterboxed", spec.DET_SCORES: "padded_det_scores"}
+
+
+def ensemble_wiring(steps: tuple[str, ...] = spec.PIPELINE_STEPS) -> list[tuple[str, dict[str, str], dict[str, str]]]:
+    """The dataflow of one request: (step, {step input: ensemble tensor}, {step output: ensemble tensor})."""
+    wiring = []
+    for step in steps:
+        final = step == steps[-1]
+        inputs = {name: ENSEMBLE_RENAMED.get(name, name) for name in spec.step_inputs(step)}
+        outputs = {name: name if final else ENSEMBLE_RENAMED.get(name, name) for name in spec.step_outputs(step)}
+        wiring.append((step, inputs, outputs))
+    return wiring
 
 
 def ensemble_config(encoded: bool = False) -> mc.ModelConfig:
     """The ensemble ``plate_recognition`` (one image in, its plates out), or with ``encoded`` the same pipeline behind
     ``image_decoder`` as ``plate_recognition_encoded`` (one image file in); the same on every target."""
     name = spec.ENCODED_ENSEMBLE_NAME if encoded else spec.ENSEMBLE_NAME
-    entry = image_decoder_step().inputs if encoded else (_tensor(spec.IMAGE_INPUT, "UINT8", -1, -1, 3),)
+    entry = image_decoder_step().inputs if encoded else _tensors((spec.IMAGE_INPUT,), IMAGE)
     config = mc.ModelConfig(name=name, platform=spec.ENSEMBLE_PLATFORM, max_batch_size=0)
     _io(
         config,
@@ -334,8 +325,8 @@ def ensemble_config(encoded: bool = False) -> mc.ModelConfig:
             name=name, inputs=entry, outputs=decoder_step().outputs, max_batch_size=0, scheduling=Scheduling(), note=""
         ),
     )
-    decoding = ("image_decoder", {spec.ENCODED_INPUT: spec.ENCODED_INPUT}, {spec.IMAGE_INPUT: spec.IMAGE_INPUT})
-    for model_name, input_map, output_map in (decoding, *ENSEMBLE_WIRING) if encoded else ENSEMBLE_WIRING:
+    steps = ("image_decoder", *spec.PIPELINE_STEPS) if encoded else spec.PIPELINE_STEPS
+    for model_name, input_map, output_map in ensemble_wiring(steps):
         step = config.ensemble_scheduling.step.add()
         step.model_name = model_name
         step.model_version = -1

@@ -33,12 +33,13 @@ class TritonPythonModel:
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         self.step_prefix = parameters.get("step_prefix", "")
 
-    def _call(self, step: str, inputs: dict[str, np.ndarray], outputs: tuple[str, ...]) -> list[np.ndarray]:
-        """One blocking BLS request to a served step; its outputs in the order asked."""
+    def _call(self, step: str, *values: np.ndarray) -> list[np.ndarray]:
+        """One blocking BLS request to a served step: its inputs and outputs in the order of ``spec.STEP_TENSORS``."""
+        outputs = spec.step_outputs(step)
         request = pb_utils.InferenceRequest(
             model_name=self.step_prefix + step,
             requested_output_names=list(outputs),
-            inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()],
+            inputs=[pb_utils.Tensor(name, value) for name, value in zip(spec.step_inputs(step), values, strict=True)],
         )
         response = request.exec()
         if response.has_error():
@@ -46,23 +47,17 @@ class TritonPythonModel:
         return [pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs]
 
     def _recognise(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
-        (letterboxed,) = self._call("preprocess", {"image": image}, ("images",))
-        num_dets, det_boxes, det_scores = self._call(
-            "detector", {"images": letterboxed}, ("num_dets", "det_boxes", "det_scores")
-        )
-        crops, plate_boxes, plate_scores = self._call(
-            "crop",
-            {"image": image, "num_dets": num_dets, "det_boxes": det_boxes, "det_scores": det_scores},
-            ("crops", "plate_boxes", "plate_scores"),
-        )
-        (rectified,) = self._call("stn", {"crops": crops}, ("rectified",))
-        (logits,) = self._call("lprnet", {"rectified": rectified}, ("logits",))
+        (letterboxed,) = self._call("preprocess", image)
+        num_dets, det_boxes, det_scores = self._call("detector", letterboxed)
+        crops, plate_boxes, plate_scores = self._call("crop", image, num_dets, det_boxes, det_scores)
+        (rectified,) = self._call("stn", crops)
+        (logits,) = self._call("lprnet", rectified)
         return decode_plates(logits, plate_boxes, plate_scores)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses = []
         for request in requests:
-            image = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()
+            image = pb_utils.get_input_tensor_by_name(request, spec.IMAGE_INPUT).as_numpy()
             try:
                 plates = self._recognise(image)
             except (StepFailedError, ValueError) as error:

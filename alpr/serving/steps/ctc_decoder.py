@@ -14,9 +14,9 @@ from typing import Any
 import triton_python_backend_utils as pb_utils
 
 from alpr.ctc import decode_plates
-from alpr.spec import OUTPUT_NAMES, RESTARTS_METRIC, RESTARTS_VARIABLE
+from alpr.spec import OUTPUT_NAMES, RESTARTS_METRIC, RESTARTS_VARIABLE, step_inputs
 
-INPUTS = ("logits", "plate_boxes", "plate_scores")
+INPUTS = step_inputs("ctc_decoder")
 
 
 class TritonPythonModel:
