@@ -174,7 +174,7 @@ def acceptance(results: dict[str, Any]) -> list[dict[str, Any]]:
         checks.append(
             (
                 "preprocess_share",
-                f"preprocess share of the steps' busy time at concurrency {high} <= {TARGET_PREPROCESS_SHARE}",
+                f"preprocess share of the steps' busy time at concurrency {high} <= {100 * TARGET_PREPROCESS_SHARE:.0f} %",
                 share,
                 TARGET_PREPROCESS_SHARE,
                 False,
@@ -609,7 +609,9 @@ def _acceptance_section(results: dict[str, Any]) -> list[str]:
             verdict = "met"
         else:
             verdict = f"missed by {100 * check['shortfall']:.0f} %"
-        rows.append([check["target"], _fmt(check["measured"], 2, "x"), verdict])
+        share = check["key"] == "preprocess_share" and check["measured"] is not None
+        measured = f"{100 * check['measured']:.0f} %" if share else _fmt(check["measured"], 2, "x")
+        rows.append([check["target"], measured, verdict])
     lines += _table(["target", "measured", "verdict"], rows)
     lines.append("")
     missed = [check for check in acceptance(results) if check["met"] is False]
