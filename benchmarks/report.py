@@ -174,7 +174,8 @@ def acceptance(results: dict[str, Any]) -> list[dict[str, Any]]:
         checks.append(
             (
                 "preprocess_share",
-                f"preprocess share of the steps' busy time at concurrency {high} <= {100 * TARGET_PREPROCESS_SHARE:.0f} %",
+                f"preprocess share of the steps' busy time at concurrency {high}"
+                f" <= {100 * TARGET_PREPROCESS_SHARE:.0f} %",
                 share,
                 TARGET_PREPROCESS_SHARE,
                 False,
