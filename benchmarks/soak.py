@@ -101,6 +101,69 @@ def alive(pid: int) -> bool:
         return False
 
 
+class CheckedLoad:
+    """``concurrency`` closed-loop clients sending ``images`` round-robin, each answer checked against its image's
+    ``expected`` answer; a refused request is counted and not retried. Runs between ``start()`` and ``stop()``.
+
+    ``answers`` holds (when, image index) of every answer, ``wrong`` the first wrong ones, ``errors`` the first
+    errors other than overload.
+    """
+
+    def __init__(
+        self, url: str, images: list[np.ndarray], expected: list[list[Plate]], concurrency: int, timeout_s: float = 120
+    ) -> None:
+        self.url, self.images, self.expected, self.timeout_s = url, images, expected, timeout_s
+        self.answers: list[tuple[float, int]] = []
+        self.wrong: list[str] = []
+        self.errors: list[str] = []
+        self.wrong_count = self.refused = self.error_count = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._client, args=(start,), daemon=True) for start in range(concurrency)
+        ]
+
+    def start(self) -> CheckedLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def answered_since(self, moment: float) -> set[int]:
+        """The images answered at or after ``moment`` (``time.monotonic()``)."""
+        with self._lock:
+            return {image for when, image in self.answers if when >= moment}
+
+    def _client(self, start: int) -> None:
+        with PlateRecogniser(self.url, timeout_s=self.timeout_s, retries=0) as recogniser:
+            index = start
+            while not self._stop.is_set():
+                image = index % len(self.images)
+                index += 1
+                try:
+                    plates = recogniser.recognise(self.images[image])
+                except InferenceServerException as error:
+                    with self._lock:
+                        if is_overload(error):
+                            self.refused += 1
+                        else:
+                            self.error_count += 1
+                            if len(self.errors) < 5:
+                                self.errors.append(str(error)[:300])
+                    time.sleep(0.05)
+                    continue
+                with self._lock:
+                    self.answers.append((time.monotonic(), image))
+                    if not plates_agree(plates, self.expected[image]):
+                        self.wrong_count += 1
+                        if len(self.wrong) < 5:
+                            self.wrong.append(f"image {image}: {plates} != {self.expected[image]}")
+
+
 def soak(url: str, server_pid: int | None, images: list[np.ndarray], duration_s: float, concurrency: int,
          sample_every_s: float = 10.0) -> SoakSummary:  # fmt: skip
     """Run the soak against the server at ``url``; ``server_pid`` (when known) is sampled and watched."""
@@ -108,49 +171,22 @@ def soak(url: str, server_pid: int | None, images: list[np.ndarray], duration_s:
         expected = [recogniser.recognise(image) for image in images]
     summary = SoakSummary(duration_s=duration_s, concurrency=concurrency, images=len(images))
     steps_at_start = {step.pid for step in step_processes(server_pid)} if server_pid else set()
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def check(index: int, plates: list[Plate]) -> None:
-        with lock:
-            summary.answered += 1
-            if not plates_agree(plates, expected[index]):
-                summary.wrong += 1
-                if len(summary.first_wrong) < 5:
-                    summary.first_wrong.append(f"image {index}: {plates} != {expected[index]}")
-
-    def client(start: int) -> None:
-        with PlateRecogniser(url, timeout_s=120, retries=0) as recogniser:
-            index = start
-            while not stop.is_set():
-                image_index = index % len(images)
-                index += 1
-                try:
-                    plates = recogniser.recognise(images[image_index])
-                except InferenceServerException as error:
-                    with lock:
-                        if is_overload(error):
-                            summary.refused += 1
-                        else:
-                            summary.errors += 1
-                            if len(summary.first_errors) < 5:
-                                summary.first_errors.append(str(error)[:300])
-                    time.sleep(0.05)
-                    continue
-                check(image_index, plates)
-
-    threads = [threading.Thread(target=client, args=(start,), daemon=True) for start in range(concurrency)]
+    load = CheckedLoad(url, images, expected, concurrency)
     started = time.monotonic()
-    for thread in threads:
-        thread.start()
+    load.start()
     while (elapsed := time.monotonic() - started) < duration_s:
         if server_pid is not None:
             summary.memory_samples.append((round(elapsed, 1), round(process_family_pss_mib(server_pid), 1)))
         time.sleep(min(sample_every_s, max(0.0, duration_s - elapsed)))
-    stop.set()
-    for thread in threads:
-        thread.join()
+    load.stop()
     summary.duration_s = time.monotonic() - started
+    summary.answered, summary.wrong, summary.refused, summary.errors = (
+        len(load.answers),
+        load.wrong_count,
+        load.refused,
+        load.error_count,
+    )
+    summary.first_wrong, summary.first_errors = load.wrong, load.errors
     if server_pid is not None:
         summary.memory_samples.append((round(summary.duration_s, 1), round(process_family_pss_mib(server_pid), 1)))
         steps_now = {step.pid for step in step_processes(server_pid)}

@@ -30,7 +30,7 @@ from alpr.client import Plate, PlateRecogniser, is_overload
 from alpr.paths import repo_root
 from alpr.serving import probe
 from alpr.serving.server import Endpoints, StepProcess, free_ports, step_processes
-from benchmarks.soak import process_family_pss_mib
+from benchmarks.soak import CheckedLoad, process_family_pss_mib
 
 RECOVERY_S = 30.0
 # 16 images of 4096x4096 at once peaked at 3.1 GiB (PSS of the server and its steps) on a 2-core machine; the
@@ -132,36 +132,11 @@ def test_a_step_killed_under_load_is_restarted_and_no_answer_is_wrong(served_pip
             expected = [recogniser.recognise(image) for image in images]
         first_steps = launcher.steps()
         (victim,) = [step for step in first_steps if step.instance.startswith("lprnet")][:1]
-        stop, lock = threading.Event(), threading.Lock()
-        # Every answer as (when, image), and every answer that differs from the image's sequential one.
-        answers: list[tuple[float, int]] = []
-        wrong: list[str] = []
-
-        def client(start: int) -> None:
-            with PlateRecogniser(url, timeout_s=30) as recogniser:
-                index = start
-                while not stop.is_set():
-                    image_index = index % len(images)
-                    index += 1
-                    try:
-                        plates = recogniser.recognise(images[image_index])
-                    except InferenceServerException:
-                        time.sleep(0.05)  # refused while the step is dead or the server restarts: not an answer
-                        continue
-                    try:
-                        assert_same_plates(plates, expected[image_index])
-                    except AssertionError as error:
-                        wrong.append(f"image {image_index}: {error}")
-                    with lock:
-                        answers.append((time.monotonic(), image_index))
-
-        def answered_since(moment: float) -> set[int]:
-            with lock:
-                return {image_index for when, image_index in answers if when >= moment}
-
-        with ThreadPoolExecutor(CONCURRENCY) as pool:
-            clients = [pool.submit(client, start) for start in range(CONCURRENCY)]
-            assert wait_until(lambda: len(answers) >= CONCURRENCY, 120)
+        # Every answer is checked against the image's sequential one; refusals while the step is dead or the server
+        # restarts are no answers.
+        load = CheckedLoad(url, images, expected, CONCURRENCY, timeout_s=30).start()
+        try:
+            assert wait_until(lambda: len(load.answers) >= CONCURRENCY, 120)
             os.kill(victim.pid, signal.SIGKILL)
             killed_at = time.monotonic()
             went_unready = wait_until(lambda: not is_ready(launcher.endpoints), 10, period_s=0.05)
@@ -169,7 +144,7 @@ def test_a_step_killed_under_load_is_restarted_and_no_answer_is_wrong(served_pip
             wait_until(lambda: is_ready(launcher.endpoints), RECOVERY_S, period_s=0.1)
             ready_at = time.monotonic()
             # Under the same load, every image is answered (as before: checked for every answer) by the new server.
-            recovered = wait_until(lambda: len(answered_since(ready_at)) == len(images), RECOVERY_S, period_s=0.1)
+            recovered = wait_until(lambda: len(load.answered_since(ready_at)) == len(images), RECOVERY_S, period_s=0.1)
             recovery_s = time.monotonic() - killed_at
             as_before = answers_as_before(url, images, expected)
             with urllib.request.urlopen(launcher.endpoints.metrics_url, timeout=5) as response:
@@ -181,9 +156,8 @@ def test_a_step_killed_under_load_is_restarted_and_no_answer_is_wrong(served_pip
             launcher.process.kill()
             launcher.process.wait()
             all_gone = wait_until(lambda: not any(alive(pid) for pid in family), GONE_AFTER_KILL_S)
-            stop.set()
-            for future in clients:
-                future.result()
+        finally:
+            load.stop()
         log = launcher.log.read_text()
         timings = (
             f"unready after {unready_s:.1f} s, ready after {ready_at - killed_at:.1f} s, "
@@ -191,7 +165,7 @@ def test_a_step_killed_under_load_is_restarted_and_no_answer_is_wrong(served_pip
         )
         assert went_unready, "readiness stayed true after the step died"
         assert recovered and recovery_s <= RECOVERY_S, f"{timings}\n{log[-3000:]}"
-        assert not wrong, wrong[:3]
+        assert load.wrong_count == 0, load.wrong
         assert as_before, "a new client did not get every image's earlier answer"
         assert f"step process {victim.instance} (pid {victim.pid}) died" in log
         assert all(not alive(step.pid) for step in first_steps)
