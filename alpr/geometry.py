@@ -11,14 +11,16 @@ original-resolution image (``area_taps``: anti-aliased, as the published recogni
 
 The views resample bilinearly with the pixel-centre convention of ``cv2.resize``: output pixel u covers the continuous
 interval [u, u + 1), its centre u + 0.5 maps through the affine transform to a continuous source position X, and the
-source is sampled at pixel index X - 0.5 with replicated borders. Sampling gathers just the four neighbours of every
-output pixel (one element-wise gather each), so its cost follows the output size; the only whole-image operation is
-the cast of the uint8 input to float32, which comes first because TensorRT admits uint8 only at graph boundaries.
+window is sampled at pixel index X - 0.5 with its own borders replicated. Sampling gathers just the four neighbours of
+every output pixel (one element-wise gather each), so its cost follows the output size; the only whole-image
+operation is the cast of the uint8 input to float32, which comes first because TensorRT admits uint8 only at graph
+boundaries.
 
-The letterbox transform is exact: the same r on both axes and fractional padding (pad = (640 - w r) / 2), and the
-tile windows have fractional corners, so a box maps back to the original image without rounding. When the whole
-view's W r, H r and paddings are whole numbers (1920x1080, 1280x720, 640x480, any square image...) its canvas is
-``cv2.resize`` plus ``cv2.copyMakeBorder``. Independent NumPy references of both steps are in ``alpr.reference``.
+Windows and paddings are whole pixels: the tile windows' corners are rounded, a window of w x h pixels scales by
+r = min(640 / h, 640 / w) to round(w r) x round(h r) pixels, and these sit at pad = floor((640 - round(w r)) / 2). A
+view is therefore exactly ``cv2.resize(window, fx=r, fy=r)`` pasted on the canvas, which is how the CPU targets draw
+it (``alpr.views``, NumPy and OpenCV), while the GPU target runs this graph; a box maps back with r and the paddings,
+without rounding. Independent NumPy references of both steps are in ``alpr.reference``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from torch.onnx import operators
 
 from alpr import spec
 from alpr.detector_graph import suppression_matrix
+from alpr.views import letterbox_layout
 
 
 # Python or NumPy sizes give floats, tensor sizes (either one) give tensors.
@@ -47,17 +50,25 @@ def letterbox_transform(
     """Scale r and paddings (pad_x, pad_y) of the letterbox of an image of ``height`` x ``width`` pixels.
 
     A point (x, y) of the original image, in continuous pixel coordinates, lands at (x r + pad_x, y r + pad_y) on the
-    detector canvas. Evaluated in float32 with the same operations for Python sizes (returns floats) and for tensor
-    sizes (returns tensors, as inside an exported graph), so both agree to the bit.
+    detector canvas; the paddings are whole pixels. Evaluated in float32 with the same operations for Python sizes
+    (returns floats, ``alpr.views.letterbox_layout``) and for tensor sizes (returns tensors, as inside an exported
+    graph), so both agree to the bit.
     """
-    size = float(spec.DETECTOR_SIZE)
     if isinstance(height, Tensor) or isinstance(width, Tensor):
+        size = float(spec.DETECTOR_SIZE)
         h, w = _float32_tensor(height), _float32_tensor(width)
-        r = torch.minimum(size / h, size / w)
-        return r, (size - w * r) / 2, (size - h * r) / 2
-    h32, w32, size32 = np.float32(height), np.float32(width), np.float32(size)
-    r32 = np.minimum(size32 / h32, size32 / w32)
-    return float(r32), float((size32 - w32 * r32) / np.float32(2)), float((size32 - h32 * r32) / np.float32(2))
+        # A tensor numerator: PyTorch divides a Python number by a tensor as a reciprocal times the number, one
+        # rounding more than the true division of ONNX Div and NumPy.
+        canvas = torch.full_like(h, size)
+        r = torch.minimum(canvas / h, canvas / w)
+        return r, torch.floor((size - scaled_side(w, r)) / 2), torch.floor((size - scaled_side(h, r)) / 2)
+    scale, pad_x, pad_y, _, _ = letterbox_layout(float(height), float(width))
+    return scale, pad_x, pad_y
+
+
+def scaled_side(side: Tensor, r: Tensor) -> Tensor:
+    """Whole pixels a window side of ``side`` covers on the canvas at scale ``r``: round(side r), half to even."""
+    return torch.round(side * r)
 
 
 def _float32_tensor(value: float | np.floating | Tensor) -> Tensor:
@@ -69,7 +80,8 @@ def view_windows(height: int | Tensor, width: int | Tensor, grid: int = spec.TIL
 
     The first is the whole image; then, for ``grid`` > 1, the tiles row by row, each
     ``1 / (grid - (grid - 1) * overlap)`` of the image on either axis, neighbours overlapping by ``spec.TILE_OVERLAP``
-    of a tile, the last one ending on the border.
+    of a tile, the last one ending on the border; corners rounded to whole pixels (``alpr.views.window_corners``
+    computes the same in NumPy).
     """
     h, w = _float32_tensor(height), _float32_tensor(width)
     zero = torch.zeros_like(w)
@@ -79,9 +91,9 @@ def view_windows(height: int | Tensor, width: int | Tensor, grid: int = spec.TIL
     for row in tiles:
         for col in tiles:
             x0, y0 = w * (col * (1 - spec.TILE_OVERLAP) / span), h * (row * (1 - spec.TILE_OVERLAP) / span)
-            x1 = w if col == grid - 1 else x0 + w / span
-            y1 = h if row == grid - 1 else y0 + h / span
-            windows.append(torch.stack([x0, y0, x1, y1]))
+            x1 = w if col == grid - 1 else torch.round(x0 + w / span)
+            y1 = h if row == grid - 1 else torch.round(y0 + h / span)
+            windows.append(torch.stack([torch.round(x0), torch.round(y0), x1, y1]))
     return torch.stack(windows)
 
 

@@ -2,7 +2,8 @@
 
 Two runners share one sequence of steps (preprocess -> detector -> crop -> stn -> lprnet -> decode):
 ``TorchPipeline`` calls the PyTorch modules the graphs are exported from, and ``OnnxPipeline`` calls the exported
-ONNX graphs with onnxruntime (the in-process floor of the benchmarks).
+ONNX graphs with onnxruntime (the in-process floor of the benchmarks), with the views drawn as the cpu target draws
+them.
 """
 
 from __future__ import annotations
@@ -37,19 +38,33 @@ def _finish(logits: np.ndarray, plate_boxes: np.ndarray, plate_scores: np.ndarra
 
 
 class TorchPipeline:
-    """The PyTorch modules behind the served graphs, chained as the ensemble chains them."""
+    """The PyTorch modules behind the served graphs, chained as the ensemble chains them.
+
+    The views are drawn by OpenCV as the cpu target draws them (``alpr.views``), or with ``opencv_views=False`` by
+    the ``Preprocess`` module that the GPU target's graph is exported from; the two differ by at most one grey level.
+    """
 
     def __init__(
-        self, detector, stn, lprnet, max_plates: int = spec.MAX_PLATES, tile_grid: int = spec.TILE_GRID
+        self,
+        detector,
+        stn,
+        lprnet,
+        max_plates: int = spec.MAX_PLATES,
+        tile_grid: int = spec.TILE_GRID,
+        opencv_views: bool = True,
     ) -> None:
         import torch
 
         from alpr.crop import Crop
         from alpr.detector_graph import DetectorWithNMS
         from alpr.preprocess import Preprocess
+        from alpr.views import letterbox_views
 
         self.torch = torch
-        self.views = Preprocess(tile_grid).eval()
+        if opencv_views:
+            self.views = lambda image: torch.from_numpy(letterbox_views(image.numpy(), tile_grid))
+        else:
+            self.views = Preprocess(tile_grid).eval()
         self.detector = DetectorWithNMS(detector.eval(), max_detections=max_plates).eval()
         self.cropper = Crop(tile_grid).eval()
         self.stn = stn.eval()
@@ -63,11 +78,13 @@ class TorchPipeline:
         lprnet: str | Path,
         max_plates: int = spec.MAX_PLATES,
         tile_grid: int = spec.TILE_GRID,
+        opencv_views: bool = True,
     ) -> TorchPipeline:
         """Load the three checkpoints (any supported format) into a pipeline."""
         from alpr.models import load_detector, load_lprnet, load_stn
 
-        return cls(load_detector(detector), load_stn(stn), load_lprnet(lprnet), max_plates, tile_grid)
+        detector_net, stn_net, lprnet_net = load_detector(detector), load_stn(stn), load_lprnet(lprnet)
+        return cls(detector_net, stn_net, lprnet_net, max_plates, tile_grid, opencv_views)
 
     def __call__(self, image: np.ndarray) -> PlateReadings:
         """Plates of one BGR uint8 ``[H, W, 3]`` image."""
@@ -90,19 +107,27 @@ class TorchPipeline:
 
 
 class OnnxPipeline:
-    """The exported graphs called directly with onnxruntime, in this process."""
+    """The exported graphs called directly with onnxruntime, in this process.
 
-    def __init__(self, onnx_dir: str | Path, threads: int = 1) -> None:
+    The views come from OpenCV (``alpr.views``), as the cpu target serves them, or with ``preprocess_graph`` from the
+    exported ``preprocess`` graph, as the GPU target computes them.
+    """
+
+    def __init__(
+        self, onnx_dir: str | Path, threads: int = 1, tile_grid: int = spec.TILE_GRID, preprocess_graph: bool = False
+    ) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        self.tile_grid = tile_grid
         self.sessions = {
             step: ort.InferenceSession(
                 str(Path(onnx_dir) / f"{step}.onnx"), options, providers=["CPUExecutionProvider"]
             )
             for step in STEPS
+            if preprocess_graph or step != "preprocess"
         }
 
     def __call__(self, image: np.ndarray) -> PlateReadings:
@@ -116,5 +141,10 @@ class OnnxPipeline:
 
     def run(self, step: str, *values: np.ndarray) -> list[np.ndarray]:
         """The outputs of ``step``'s graph for its inputs ``values``, both in the order of ``spec.STEP_TENSORS``."""
+        if step not in self.sessions:  # the views drawn by OpenCV
+            from alpr.views import letterbox_views
+
+            (image,) = values
+            return [letterbox_views(image, self.tile_grid)]
         feeds = dict(zip(spec.step_inputs(step), values, strict=True))
         return self.sessions[step].run(list(spec.step_outputs(step)), feeds)

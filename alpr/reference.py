@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 
 from alpr import spec
 from alpr.geometry import letterbox_transform, view_windows
+from alpr.views import letterbox_layout
 
 
 def _bilinear_numpy(image: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Float64 bilinear samples of an HWC image at pixel-index grids ``y`` ``[A, 1]`` and ``x`` ``[1, B]``."""
+    """Float64 bilinear samples of an HWC image at pixel-index grids ``y`` ``[A, 1]`` and ``x`` ``[1, B]``, borders
+    replicated."""
     height, width = image.shape[:2]
     y = np.clip(y, 0, height - 1)
     x = np.clip(x, 0, width - 1)
@@ -34,43 +35,24 @@ def _windows_numpy(height: int, width: int, grid: int) -> list[tuple[np.float32,
 
 
 def preprocess_reference(image: np.ndarray, grid: int = spec.TILE_GRID) -> np.ndarray:
-    """NumPy reference of ``Preprocess``: explicit float64 bilinear sampling; uint8 ``[V, 3, 640, 640]`` RGB."""
-    height, width = image.shape[:2]
+    """NumPy reference of ``Preprocess``: explicit float64 bilinear sampling of each window alone; uint8
+    ``[V, 3, 640, 640]`` RGB."""
     views = []
+    height, width = image.shape[:2]
     for x0, y0, x1, y1 in _windows_numpy(height, width, grid):
-        view_height, view_width = y1 - y0, x1 - x0  # float32, as the graph computes them
-        r, pad_x, pad_y = letterbox_transform(view_height, view_width)
+        window = image[int(y0) : int(y1), int(x0) : int(x1)]
+        r, pad_x, pad_y, rows, cols = letterbox_layout(y1 - y0, x1 - x0)
         centres = np.arange(spec.DETECTOR_SIZE, dtype=np.float64) + 0.5
-        # The same float32 comparisons as the graph decide which canvas pixels belong to the window.
-        centres32 = centres.astype(np.float32)
-        r32, pad_x32, pad_y32 = np.float32(r), np.float32(pad_x), np.float32(pad_y)
-        inside_x = (centres32 >= pad_x32) & (centres32 < pad_x32 + view_width * r32)
-        inside_y = (centres32 >= pad_y32) & (centres32 < pad_y32 + view_height * r32)
-        source_y = float(y0) + (centres - pad_y) / r - 0.5
-        source_x = float(x0) + (centres - pad_x) / r - 0.5
-        samples = _bilinear_numpy(image, source_y[:, None], source_x[None, :])
+        inside_x = (centres >= pad_x) & (centres < pad_x + cols)
+        inside_y = (centres >= pad_y) & (centres < pad_y + rows)
+        source_y = (centres - pad_y) / r - 0.5
+        source_x = (centres - pad_x) / r - 0.5
+        samples = _bilinear_numpy(window, source_y[:, None], source_x[None, :])
         canvas = np.full_like(samples, spec.LETTERBOX_FILL)
         inside = inside_y[:, None] & inside_x[None, :]
         canvas[inside] = np.round(samples[inside])
         views.append(canvas[..., ::-1].astype(np.uint8).transpose(2, 0, 1))
     return np.stack(views)
-
-
-def letterbox_opencv(image: np.ndarray) -> np.ndarray:
-    """The conventional letterbox, ``cv2.resize`` (INTER_LINEAR) then ``cv2.copyMakeBorder`` with whole pixels.
-
-    Equal to the served preprocess's whole view (within OpenCV's fixed-point rounding) when W r, H r and both
-    paddings are whole numbers.
-    """
-    height, width = image.shape[:2]
-    r, pad_x, pad_y = letterbox_transform(height, width)
-    resized = cv2.resize(image, (round(width * r), round(height * r)), interpolation=cv2.INTER_LINEAR)
-    left, top = round(pad_x), round(pad_y)
-    right = spec.DETECTOR_SIZE - left - resized.shape[1]
-    bottom = spec.DETECTOR_SIZE - top - resized.shape[0]
-    fill = (spec.LETTERBOX_FILL,) * 3
-    canvas = cv2.copyMakeBorder(resized, top, bottom, left, right, cv2.BORDER_CONSTANT, value=fill)
-    return cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB).transpose(2, 0, 1)[None].copy()
 
 
 def _area_matrix_numpy(start: float, extent: float, count: int, size: int) -> np.ndarray:

@@ -28,8 +28,8 @@ from alpr.evaluate import save_report
 from alpr.geometry import merged_plates
 from alpr.metrics import DetectionTally
 from alpr.models import load_detector
-from alpr.preprocess import Preprocess
 from alpr.synth.dataset import HELDOUT_SEED, MIXED_SIZES, iter_scenes
+from alpr.views import letterbox_views
 
 VALIDATION_SEED = 4242
 VALIDATION_COUNT = 300
@@ -53,12 +53,11 @@ def detect_views(
     detector_weights: str | Path, samples: Iterable[tuple[np.ndarray, np.ndarray]], tile_grid: int, desc: str
 ) -> list[ViewDetections]:
     """The detector's answers on every view of each validation ``(image, true boxes)`` sample."""
-    views = Preprocess(tile_grid).eval()
     detector = DetectorWithNMS(load_detector(detector_weights).eval(), confidence=SCORE_FLOOR).eval()
     outputs = []
     with torch.no_grad():
         for image, truth in tqdm(samples, desc=desc):
-            num_dets, det_boxes, det_scores = detector(views(torch.from_numpy(np.ascontiguousarray(image))))
+            num_dets, det_boxes, det_scores = detector(torch.from_numpy(letterbox_views(image, tile_grid)))
             outputs.append(ViewDetections(num_dets, det_boxes, det_scores, image.shape[0], image.shape[1], truth))
     return outputs
 

@@ -1,7 +1,7 @@
 """The in-process floor: the served ONNX graphs called with onnxruntime in one process, without a server.
 
-``alpr.pipeline.OnnxPipeline`` computes what the ensemble computes (same graphs, same greedy decoding) and removes
-everything serving adds: gRPC, the scheduler, the Python-backend processes and their shared-memory copies. Its
+``alpr.pipeline.OnnxPipeline`` computes what the ensemble computes (same graphs and views, same greedy decoding) and
+removes everything serving adds: gRPC, the scheduler, the Python-backend processes and their shared-memory copies. Its
 sessions get the onnxruntime thread limit of the served instances (read from the served configs). Concurrency is
 driven by client threads sharing the sessions, each sending its next request as soon as the previous one returns,
 like perf_analyzer's concurrency mode; nothing is batched across requests. With one intra-op thread per session an
@@ -28,19 +28,28 @@ from benchmarks.perf_analyzer import LoadLevel
 INTRA_OP_PARAMETERS = ("intra_op_threads", "intra_op_thread_count")
 
 
-def served_graph(repository: Path, step: str) -> Path:
-    """The ONNX file the server runs for ``step``."""
+def served_file(repository: Path, step: str) -> Path:
+    """The file the server runs for ``step``: its ONNX graph, or its Python code where the target serves it so."""
     config = read_config(repository / step / "config.pbtxt")
-    graph = repository / step / spec.MODEL_VERSION / (config.default_model_filename or "model.onnx")
+    version = repository / step / spec.MODEL_VERSION
+    if config.backend == spec.PYTHON_BACKEND:
+        return version / "model.py"
+    graph = version / (config.default_model_filename or "model.onnx")
     if graph.suffix != ".onnx" or not graph.is_file():
         raise FileNotFoundError(f"the floor runs ONNX graphs: {graph} is not one (build the cpu repository)")
     return graph
+
+
+def served_as_graph(repository: Path, step: str) -> bool:
+    return served_file(repository, step).suffix == ".onnx"
 
 
 def served_intra_op_threads(repository: Path) -> int:
     """The onnxruntime intra-op thread limit of the served graph steps (they must agree; 0 means one per core)."""
     limits = set()
     for step in STEPS:
+        if not served_as_graph(repository, step):
+            continue
         parameters = read_config(repository / step / "config.pbtxt").parameters
         limits.add(next((int(parameters[name].string_value) for name in INTRA_OP_PARAMETERS if name in parameters), 0))
     if len(limits) != 1:
@@ -48,14 +57,27 @@ def served_intra_op_threads(repository: Path) -> int:
     return limits.pop()
 
 
+def served_tile_grid(repository: Path) -> int:
+    """The tile grid of the served views (from the ``preprocess`` config's views per image)."""
+    (views,) = (output for output in read_config(repository / "preprocess" / "config.pbtxt").output)
+    return spec.tile_grid_of(int(views.dims[0]))
+
+
 def floor_pipeline(repository: Path, graphs_dir: Path) -> OnnxPipeline:
-    """An ``OnnxPipeline`` over the graphs served from ``repository``, linked as ``graphs_dir/<step>.onnx``."""
+    """An ``OnnxPipeline`` doing what ``repository`` serves: its graphs, linked as ``graphs_dir/<step>.onnx``, and
+    OpenCV's views where the target serves ``preprocess`` as Python code."""
     graphs_dir.mkdir(parents=True, exist_ok=True)
     for step in STEPS:
         link = graphs_dir / f"{step}.onnx"
         link.unlink(missing_ok=True)
-        link.symlink_to(served_graph(repository, step).resolve())
-    return OnnxPipeline(graphs_dir, threads=served_intra_op_threads(repository))
+        if served_as_graph(repository, step):
+            link.symlink_to(served_file(repository, step).resolve())
+    return OnnxPipeline(
+        graphs_dir,
+        threads=served_intra_op_threads(repository),
+        tile_grid=served_tile_grid(repository),
+        preprocess_graph=served_as_graph(repository, "preprocess"),
+    )
 
 
 @dataclass(frozen=True)

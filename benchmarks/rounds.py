@@ -137,8 +137,7 @@ class DetectorAlone:
 
     def __init__(self, pipeline: OnnxPipeline, images: Sequence[np.ndarray]) -> None:
         self.session = pipeline.sessions["detector"]
-        preprocess = pipeline.sessions["preprocess"]
-        self.views = [preprocess.run(None, {spec.IMAGE_INPUT: image})[0] for image in images]
+        self.views = [pipeline.run("preprocess", image)[0] for image in images]
 
     def __call__(self, views: np.ndarray) -> list[int]:
         (num_dets, _, _) = self.session.run(None, {spec.VIEWS: views})

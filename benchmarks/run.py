@@ -38,7 +38,7 @@ from alpr.pipeline import STEPS, OnnxPipeline
 from alpr.serving.repository import read_config
 from alpr.serving.server import TritonServer
 from benchmarks.baseline import BLS_MODEL_NAME, baseline_models, write_baseline_repository
-from benchmarks.floor import floor_pipeline, measure_floor, served_graph
+from benchmarks.floor import floor_pipeline, measure_floor, served_file
 from benchmarks.inputs import (
     MIXED_PLATE_COUNTS,
     SCALING_PLATE_COUNTS,
@@ -131,8 +131,8 @@ QUICK = Profile(
 
 
 def graph_digests(repository: Path) -> dict[str, str]:
-    """sha256 prefix of each served ONNX graph, to tie the numbers to the weights they ran."""
-    return {step: hashlib.sha256(served_graph(repository, step).read_bytes()).hexdigest()[:12] for step in STEPS}
+    """sha256 prefix of each served ONNX graph (or Python step), to tie the numbers to the weights they ran."""
+    return {step: hashlib.sha256(served_file(repository, step).read_bytes()).hexdigest()[:12] for step in STEPS}
 
 
 def composing_models(repository: Path) -> list[str]:

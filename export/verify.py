@@ -35,6 +35,7 @@ from alpr.geometry import detections_for_boxes
 from alpr.paths import shared_dir
 from alpr.preprocess import Preprocess
 from alpr.reference import crop_step_reference, preprocess_reference
+from alpr.views import letterbox_views
 from export.to_onnx import GRAPH_NAMES, Networks, networks_from_arguments, weight_arguments
 
 # Tolerances, max abs difference. Letterbox pixels are uint8: one grey level allows float32 vs float64 rounding
@@ -172,6 +173,8 @@ def verify(onnx_dir: Path, networks: Networks, seed: int = 0) -> list[Check]:
             eager = letterbox(torch.from_numpy(image))
         compare("preprocess", label, "PyTorch", [output], [eager], [LETTERBOX_TOLERANCE])
         compare("preprocess", label, "NumPy", [output], [preprocess_reference(image, grid)], [LETTERBOX_TOLERANCE])
+        # The views the cpu target draws with OpenCV instead of running this graph.
+        compare("preprocess", label, "OpenCV", [output], [letterbox_views(image, grid)], [LETTERBOX_TOLERANCE])
 
     # detector: the views of the real photo and of a random frame in one batch, against eager PyTorch with the same NMS.
     detector = DetectorWithNMS(networks.detector, max_plates).eval()

@@ -639,6 +639,20 @@ def image_region(served_pipeline, reference: Reference) -> Iterator[tuple[str, g
         shm.destroy_shared_memory_region(handle)
 
 
+def unregister_once_released(client: grpcclient.InferenceServerClient, name: str, timeout_s: float = 5.0) -> None:
+    """Unregister ``name``, waiting for the server to release it: the server lets go of a request's regions when it
+    releases the request, which may come a moment after the response has reached the client."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.unregister_system_shared_memory(name)
+            return
+        except InferenceServerException as error:
+            if "currently in use" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def test_a_region_unregistered_just_before_the_request_is_not_found(
     served_pipeline, stub, reference: Reference, image_region: tuple[str, grpcclient.InferenceServerClient]
 ) -> None:
@@ -646,7 +660,7 @@ def test_a_region_unregistered_just_before_the_request_is_not_found(
     name, client = image_region
     request = in_shared_memory(list(reference.image.shape), name, reference.image.nbytes)
     assert_same_plates(plates_of(stub.ModelInfer(request, timeout=CALL_TIMEOUT_S)), reference.plates)
-    client.unregister_system_shared_memory(name)
+    unregister_once_released(client, name)
     assert_refused(
         lambda: stub.ModelInfer(request, timeout=CALL_TIMEOUT_S),
         NOT_FOUND,

@@ -19,6 +19,7 @@ from alpr.serving.repository import (
     repository_files,
     write_repository,
 )
+from alpr.serving.steps import step_source
 
 COMMITTED_REPOSITORY = repo_root() / "model_repository"
 
@@ -117,13 +118,21 @@ def test_cpu_target_runs_graphs_in_the_shared_onnxruntime_runner_with_bounded_th
     configs = parsed_configs("cpu")
     for step in graph_steps():
         config = configs[step.name]
+        assert all(group.kind == mc.ModelInstanceGroup.KIND_CPU for group in config.instance_group)
+        if step.name == "preprocess":
+            continue
         assert config.backend == "onnxruntime_python"
         assert config.default_model_filename == "model.onnx"
         assert config.parameters["intra_op_threads"].string_value == "1"
-        assert all(group.kind == mc.ModelInstanceGroup.KIND_CPU for group in config.instance_group)
-    limits = configs["preprocess"].parameters
-    assert limits["min_image_side"].string_value == str(spec.MIN_IMAGE_SIDE)
-    assert limits["max_image_side"].string_value == str(spec.MAX_IMAGE_SIDE)
+
+
+def test_cpu_target_draws_the_views_with_opencv_and_the_others_run_the_graph() -> None:
+    cpu = repository_files("cpu")
+    assert parsed_configs("cpu")["preprocess"].backend == "python"
+    assert cpu["preprocess/1/model.py"] == step_source("letterbox").read_text()
+    for target in ("onnxruntime", "tensorrt"):
+        assert "preprocess/1/model.py" not in repository_files(target)
+        assert parsed_configs(target)["preprocess"].backend != "python"
 
 
 def test_onnxruntime_target_uses_the_native_platform() -> None:
@@ -199,7 +208,11 @@ def test_write_repository_copies_the_onnx_graphs(tmp_path, target: str) -> None:
         (onnx_dir / f"{step.name}.onnx").write_bytes(step.name.encode())
     out = write_repository(tmp_path / "repository", target, models_dir=onnx_dir)
     for step in graph_steps():
-        assert (out / step.name / "1" / model_file_name(target)).read_bytes() == step.name.encode()
+        graph = out / step.name / "1" / model_file_name(target)
+        if step.name == "preprocess" and target == "cpu":  # OpenCV draws the views: no graph
+            assert not graph.exists() and (out / step.name / "1" / "model.py").is_file()
+            continue
+        assert graph.read_bytes() == step.name.encode()
     assert (out / spec.ENSEMBLE_NAME / "1").is_dir()
     assert (out / decoder_step().name / "1" / "model.py").is_file()
     assert (out / image_decoder_step().name / "1" / "model.py").is_file()
@@ -207,7 +220,7 @@ def test_write_repository_copies_the_onnx_graphs(tmp_path, target: str) -> None:
 
 
 def test_write_repository_names_a_missing_graph(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"preprocess\.onnx"):
+    with pytest.raises(FileNotFoundError, match=r"detector\.onnx"):
         write_repository(tmp_path / "repository", "cpu", models_dir=tmp_path)
 
 

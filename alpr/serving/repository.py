@@ -2,14 +2,15 @@
 
 Targets:
   cpu          the Triton build bundled in nvidia-pytriton: each ONNX step runs in the Python-based backend
-               ``onnxruntime_python`` (``alpr/serving/steps/onnxruntime_python.py``, one runner for all of them)
+               ``onnxruntime_python`` (``alpr/serving/steps/onnxruntime_python.py``, one runner for all of them),
+               except ``preprocess``, whose views OpenCV draws far faster (``alpr/serving/steps/letterbox.py``)
   onnxruntime  the official tritonserver image: each ONNX step on the native ``onnxruntime_onnx`` platform
   tensorrt     the official image on a GPU: each graph step as a ``tensorrt_plan`` engine on KIND_GPU instances
 
 The ensembles ``plate_recognition`` (raw pixels in) and ``plate_recognition_encoded`` (an image file in, decoded by
 the ``image_decoder`` step) and the Python steps are the same on all targets; only the five graph steps change
-platform and instances. ``max_plates`` (K) and ``tile_grid`` (G, hence V views per image) are the
-settings that the export and the configs share.
+platform and instances (and ``preprocess`` its code on the cpu target). ``max_plates`` (K) and ``tile_grid`` (G,
+hence V views per image) are the settings that the export and the configs share.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from alpr.vocab import NUM_CLASSES
 TARGETS = ("cpu", "onnxruntime", "tensorrt")
 DECODER_SOURCE = step_source("ctc_decoder")
 IMAGE_DECODER_SOURCE = step_source("image_decoder")
+LETTERBOX_SOURCE = step_source("letterbox")
 
 # Scheduling of the batching steps. The delay lets requests that arrive together share one session call; the queue
 # policy refuses work at once when the queue is full, and after the timeout when the server cannot keep up. The
@@ -84,10 +86,10 @@ class Step:
     max_batch_size: int
     scheduling: Scheduling
     note: str
-    # The image input whose sides the CPU runner checks against MIN/MAX_IMAGE_SIDE.
-    image_input: str | None = None
     # A step written in Python (its code in the repository) instead of an exported graph.
     python_code: bool = False
+    # A graph step that the cpu target serves with this Python code instead (same tensors, same results).
+    cpu_code: Path | None = None
 
 
 def _tensor(name: str, data_type: str, *dims: int) -> TensorSpec:
@@ -119,7 +121,7 @@ def graph_steps(max_plates: int = spec.MAX_PLATES, tile_grid: int = spec.TILE_GR
                 f"{views} view(s), {tiles}, each letterboxed to 640x640 RGB planes. "
                 "The entry step: its bounded queue refuses overload."
             ),
-            image_input=spec.IMAGE_INPUT,
+            cpu_code=LETTERBOX_SOURCE,
         ),
         Step(
             name="detector",
@@ -260,7 +262,7 @@ def step_config(step: Step, target: str) -> mc.ModelConfig:
     _io(config, step)
     _scheduling(config, step.scheduling)
     group = config.instance_group.add()
-    if step.python_code:
+    if step.python_code or (target == "cpu" and step.cpu_code is not None):
         config.backend = spec.PYTHON_BACKEND
         group.kind = mc.ModelInstanceGroup.KIND_CPU
         group.count = step.scheduling.cpu_instances
@@ -283,14 +285,7 @@ def step_config(step: Step, target: str) -> mc.ModelConfig:
     threads = str(THREADS_PER_INSTANCE)
     if target == "cpu":
         config.backend = spec.ONNXRUNTIME_PYTHON_BACKEND
-        parameters = {"intra_op_threads": threads, "inter_op_threads": threads}
-        if step.image_input is not None:
-            parameters |= {
-                "image_input": step.image_input,
-                "min_image_side": str(spec.MIN_IMAGE_SIDE),
-                "max_image_side": str(spec.MAX_IMAGE_SIDE),
-            }
-        _parameters(config, parameters)
+        _parameters(config, {"intra_op_threads": threads, "inter_op_threads": threads})
     else:
         config.platform = spec.ONNXRUNTIME_PLATFORM
         _parameters(config, {"intra_op_thread_count": threads, "inter_op_thread_count": threads})
@@ -379,6 +374,9 @@ def repository_files(target: str, max_plates: int = spec.MAX_PLATES, tile_grid: 
         files[f"{step.name}/config.pbtxt"] = config_text(step_config(step, target), note)
     for step, source in python_steps():
         files[f"{step.name}/{spec.MODEL_VERSION}/model.py"] = source.read_text()
+    for step in graph_steps(max_plates, tile_grid):
+        if step.cpu_code is not None and target == "cpu":
+            files[f"{step.name}/{spec.MODEL_VERSION}/model.py"] = step.cpu_code.read_text()
     return files
 
 
@@ -413,7 +411,9 @@ def write_repository(
     for step in graph_steps(max_plates, tile_grid):
         version_dir = out / step.name / spec.MODEL_VERSION
         version_dir.mkdir(parents=True, exist_ok=True)
-        if models_dir is not None:
+        if step.cpu_code is not None and target == "cpu":
+            (version_dir / model_file_name(target)).unlink(missing_ok=True)  # served by its Python code
+        elif models_dir is not None:
             source = Path(models_dir) / f"{step.name}.onnx"
             if not source.is_file():
                 raise FileNotFoundError(f"{source} is missing: export the graphs first (export/to_onnx.py)")

@@ -23,9 +23,8 @@ import torch
 from tqdm import tqdm
 
 from alpr import paths, realdata, spec
-from alpr.geometry import letterbox_transform, view_windows
+from alpr.geometry import letterbox_transform
 from alpr.models import YOLOv5, load_detector, save_checkpoint
-from alpr.preprocess import Preprocess
 from alpr.synth.scenes import MAX_DISTRACTORS, make_scene
 from alpr.train.common import (
     Schedule,
@@ -39,6 +38,7 @@ from alpr.train.common import (
     write_report,
 )
 from alpr.train.yolo_loss import YOLOv5Loss
+from alpr.views import letterbox_views, window_corners
 
 # (height, width, weight): frame sizes of the training scenes; small renders are cheap, large ones teach real
 # downscaling. Plate sizes scale with the frame, so every size covers the whole 30-250 px (at 1080p) range.
@@ -86,7 +86,6 @@ class SceneTiles:
         self.tile_size = tile_size
         self.tile_views = tile_views
         self.max_distractors = max_distractors
-        self.letterbox = Preprocess(grid=1)
         sizes = np.array([s[2] for s in FRAME_SIZES], dtype=float)
         self.size_probabilities = sizes / sizes.sum()
 
@@ -99,12 +98,11 @@ class SceneTiles:
         image = scene.image
         boxes = np.array([p.box_xyxy for p in scene.plates], dtype=np.float64).reshape(-1, 4)
         if spec.TILE_GRID > 1 and rng.random() < self.tile_views:
-            tiles = view_windows(height, width, spec.TILE_GRID)[1:]
-            x0, y0, x1, y1 = (round(float(v)) for v in tiles[rng.integers(len(tiles))])
+            tiles = window_corners(height, width, spec.TILE_GRID)[1:]
+            x0, y0, x1, y1 = tiles[rng.integers(len(tiles))]
             image = np.ascontiguousarray(image[y0:y1, x0:x1])
             boxes = np.array(visible_boxes(boxes, (x0, y0, x1, y1)), dtype=np.float64).reshape(-1, 4)
-        with torch.no_grad():
-            letterboxed = self.letterbox(torch.from_numpy(image))[0]
+        letterboxed = torch.from_numpy(letterbox_views(image, grid=1)[0])  # the pixels the cpu target serves
         scale, pad_x, pad_y = letterbox_transform(*image.shape[:2])
         return letterboxed, boxes * scale + np.array([pad_x, pad_y, pad_x, pad_y]), pad_x, pad_y
 

@@ -6,8 +6,6 @@ It is the CPU stand-in for the native onnxruntime backend, which the Triton buil
 
 Config ``parameters`` (all optional, string values):
   intra_op_threads / inter_op_threads   onnxruntime thread pools of one instance (default 1 / 1)
-  image_input                           name of an HxWx3 image input whose sides are checked before inference
-  min_image_side / max_image_side       the accepted range of both sides of that image
 
 A batching model (``max_batch_size > 0``) runs all the requests the dynamic batcher hands over in one session call
 and splits the outputs back; every failure is answered as a ``TritonError`` on the request that caused it.
@@ -53,10 +51,6 @@ class TritonPythonModel:
         self.output_dtypes = {
             tensor["name"]: pb_utils.triton_string_to_numpy(tensor["data_type"]) for tensor in config["output"]
         }
-
-        self.image_input = parameters.get("image_input")
-        self.min_image_side = int(parameters.get("min_image_side", 1))
-        self.max_image_side = int(parameters.get("max_image_side", 1 << 30))
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = int(parameters.get("intra_op_threads", 1))
@@ -104,20 +98,7 @@ class TritonPythonModel:
             if tensor is None:
                 raise InvalidRequest(f"{self.model_name}: missing input {name!r}")
             feeds[name] = tensor.as_numpy()
-        if self.image_input is not None:
-            self._check_image(feeds[self.image_input])
         return feeds
-
-    def _check_image(self, image: np.ndarray) -> None:
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise InvalidRequest(
-                f"image must be a uint8 HxWx3 array (BGR), got {image.dtype} with shape {list(image.shape)}"
-            )
-        height, width = image.shape[:2]
-        if not (self.min_image_side <= min(height, width) and max(height, width) <= self.max_image_side):
-            raise InvalidRequest(
-                f"image sides must lie in [{self.min_image_side}, {self.max_image_side}] pixels, got {height}x{width}"
-            )
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         outputs = self.session.run(self.output_names, feeds)
