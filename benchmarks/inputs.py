@@ -74,17 +74,39 @@ def mixed_scenes(per_size: int) -> list[SceneRequest]:
     return scenes
 
 
+SCENE_LABELS = "labels.json"
+
+
 def write_scenes(scenes: Iterable[SceneRequest], folder: Path, *, seed: int) -> Path:
-    """Draw ``scenes`` into ``folder`` (emptied first) as ``<index>_<stem>.png``; returns the folder."""
+    """Draw ``scenes`` into ``folder`` (emptied first) as ``<index>_<stem>.png``, their plates (text and box) in
+    ``labels.json``; returns the folder."""
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
+    labels = {}
     for index, scene in enumerate(scenes):
         drawn = make_scene(rng, scene.height, scene.width, scene.plates)
-        if not cv2.imwrite(str(folder / f"{index:03d}_{scene.stem}.png"), drawn.image):
-            raise OSError(f"could not write {folder / scene.stem}.png")
+        name = f"{index:03d}_{scene.stem}.png"
+        if not cv2.imwrite(str(folder / name), drawn.image):
+            raise OSError(f"could not write {folder / name}")
+        labels[name] = [{"text": plate.text, "box_xyxy": list(map(float, plate.box_xyxy))} for plate in drawn.plates]
+    (folder / SCENE_LABELS).write_text(json.dumps(labels, indent=1))
     return folder
+
+
+def plate_labels(*folders: Path) -> dict[str, list[tuple[str, list[float]]]]:
+    """The labelled plates (text, box) of each image file name, from the ``labels.json`` of ``folders`` (the scenes'
+    and the real photos' own, which lists each photo's readable plates)."""
+    labels: dict[str, list[tuple[str, list[float]]]] = {}
+    for folder in folders:
+        path = folder / SCENE_LABELS
+        if not path.is_file():
+            continue
+        for name, entry in json.loads(path.read_text()).items():
+            plates = entry["plates"] if isinstance(entry, dict) else entry
+            labels[name] = [(plate["text"], plate["box_xyxy"]) for plate in plates]
+    return labels
 
 
 def real_photos() -> list[Path]:

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after matplotlib.use: the backend must be chosen before pyplot loads
 
 from alpr.spec import ENSEMBLE_NAME
-from benchmarks.rounds import SGEMM_SIZE, Rounds
+from benchmarks.rounds import ENSEMBLE, SGEMM_SIZE, Rounds
 
 DESIGN_LABELS = {
     "ensemble": "ensemble (product)",
@@ -208,6 +208,15 @@ def _rounds(results: dict[str, Any]) -> Rounds | None:
     return Rounds.from_dict(data) if data else None
 
 
+def plates_read_per_second(results: dict[str, Any]) -> float | None:
+    """The figure of merit: the ensemble's images/s in the rounds times the plates it reads exactly per image."""
+    rounds, read = _rounds(results), results.get("plates_read")
+    throughput = rounds.median_throughput(ENSEMBLE) if rounds else None
+    if throughput is None or not read or not read["images"]:
+        return None
+    return throughput * read["read"] / read["images"]
+
+
 def preprocess_share(results: dict[str, Any]) -> float | None:
     """The preprocess step's share of the composing steps' busy time at the throughput target's concurrency."""
     steps = [
@@ -247,6 +256,15 @@ def _rounds_section(results: dict[str, Any]) -> list[str]:
         spread = f"{100 * ratio.spread:.1f} %" if ratio.spread is not None else "n/a"
         ratio_rows.append([ratio.name, values, _fmt(ratio.median, 2, "x"), spread])
     lines += [*_table(["ratio", "per round", "median", "spread"], ratio_rows), ""]
+    merit = plates_read_per_second(results)
+    if merit is not None:
+        read = results["plates_read"]
+        lines.append(
+            f"Plates read per second: {merit:.2f} (the ensemble's median {rounds.median_throughput(ENSEMBLE):.2f} "
+            f"img/s x {read['read'] / read['images']:.2f} plates read exactly per image: {read['read']} of the "
+            f"{read['labelled_plates']} labelled plates of the {read['images']} bench images, each read once "
+            "through the ensemble)."
+        )
     sizes = results.get("request_bytes") or {}
     if sizes.get("encoded"):
         lines.append(

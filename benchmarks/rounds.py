@@ -89,6 +89,12 @@ class Rounds:
                 values.append(top.throughput / bottom.throughput)
         return RatioSummary(name, tuple(values))
 
+    def median_throughput(self, design: str) -> float | None:
+        """The median images/s of ``design`` over the rounds that measured it."""
+        values = [one.runs[design].throughput for one in self.rounds if design in one.runs]
+        measured = [value for value in values if value is not None]
+        return float(np.median(measured)) if measured else None
+
     def ratios(self) -> list[RatioSummary]:
         return [self.ratio(*ratio) for ratio in RATIOS if ratio[1] in self.designs and ratio[2] in self.designs]
 

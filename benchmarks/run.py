@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from alpr import spec
-from alpr.paths import repo_root
+from alpr import realdata, spec
+from alpr.metrics import box_iou, centre_inside
+from alpr.paths import repo_root, shared_dir
 from alpr.pipeline import STEPS, OnnxPipeline
 from alpr.serving.repository import read_config
 from alpr.serving.server import TritonServer
@@ -48,6 +49,7 @@ from benchmarks.inputs import (
     encoded_files,
     folder_images,
     mixed_scenes,
+    plate_labels,
     read_images,
     real_photos,
     write_encoded_input_data,
@@ -175,18 +177,35 @@ def _same(first: tuple[np.ndarray, list[str]], second: tuple[np.ndarray, list[st
 
 def compare_answers(
     client: grpcclient.InferenceServerClient, images: list[BenchImage], floor: OnnxPipeline, with_bls: bool
-) -> dict[str, bool]:
-    """Send every image once to each design (this is also the warm-up) and compare their answers."""
+) -> tuple[dict[str, bool], dict[str, tuple[np.ndarray, list[str]]]]:
+    """Send every image once to each design (this is also the warm-up) and compare their answers; returns the
+    agreement and the ensemble's answer to each image."""
     agree = {"ensemble = floor": True}
     if with_bls:
         agree["ensemble = BLS"] = True
+    answers = {}
     for item in images:
-        ensemble = _infer(client, spec.ENSEMBLE_NAME, item.image)
+        ensemble = answers[item.name] = _infer(client, spec.ENSEMBLE_NAME, item.image)
         readings = floor(item.image)
         agree["ensemble = floor"] &= _same(ensemble, (readings.boxes, readings.texts))
         if with_bls:
             agree["ensemble = BLS"] &= _same(ensemble, _infer(client, BLS_MODEL_NAME, item.image))
-    return agree
+    return agree, answers
+
+
+def plates_read(
+    answers: dict[str, tuple[np.ndarray, list[str]]], labels: dict[str, list[tuple[str, list[float]]]]
+) -> dict[str, int]:
+    """How many labelled plates of the answered images were read exactly: an answer whose box finds the plate (the
+    real-photo criterion: centre inside, or IoU at least ``realdata.FOUND_IOU``) and whose text is its text."""
+    plates = read = 0
+    for name, (boxes, texts) in answers.items():
+        for text, box in labels.get(name, []):
+            plates += 1
+            truth = np.array([box], np.float32)
+            found = (box_iou(boxes, truth)[:, 0] >= realdata.FOUND_IOU) | centre_inside(boxes, truth)[:, 0]
+            read += any(hit and answer == text for hit, answer in zip(found, texts, strict=True))
+    return {"images": len(answers), "labelled_plates": plates, "read": read}
 
 
 def measure_served(
@@ -367,7 +386,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"--model-repository={baseline_repository} as well to measure the baseline."
                 )
             print("warming up and comparing the designs' answers", flush=True)
-            results["agreement"] = compare_answers(client, images, floor, with_bls)
+            results["agreement"], answers = compare_answers(client, images, floor, with_bls)
+            results["plates_read"] = plates_read(answers, plate_labels(mixed_folder, shared_dir() / "real"))
             designs = [("ensemble", spec.ENSEMBLE_NAME, ensemble_models)]
             if with_bls:
                 designs.append(("bls", BLS_MODEL_NAME, baseline_models()))

@@ -23,6 +23,7 @@ from benchmarks.inputs import (
     encoded_files,
     folder_images,
     mixed_scenes,
+    plate_labels,
     read_images,
     read_input_data,
     write_encoded_input_data,
@@ -38,7 +39,7 @@ from benchmarks.perf_analyzer import (
 )
 from benchmarks.report import acceptance, write_report
 from benchmarks.rounds import BLS, DETECTOR, ENCODED, ENSEMBLE, FLOOR, DesignRun, Round, Rounds, run_rounds
-from benchmarks.run import compare_answers, composing_models
+from benchmarks.run import compare_answers, composing_models, plates_read
 from benchmarks.server_stats import read_counters, step_times
 from benchmarks.soak import soak
 
@@ -164,6 +165,7 @@ def fake_results() -> dict[str, object]:
         "rounds": fake_rounds().to_dict(),
         "request_bytes": {"raw": 6_220_800.0, "encoded": 310_000.0},
         "sgemm_gflops": 180.0,
+        "plates_read": {"images": 10, "labelled_plates": 20, "read": 15},
     }
 
 
@@ -230,9 +232,22 @@ def test_report_has_tables_plots_and_the_missed_target(tmp_path: Path) -> None:
     assert "## Interleaved rounds at concurrency 8" in text
     assert "| ensemble / floor | 0.90, 0.95, 1.00 | 0.95x | 10.5 % |" in text
     assert "180 GFLOP/s" in text
+    # The ensemble's median 9.5 img/s x 1.5 plates read per image.
+    assert "Plates read per second: 14.25" in text
     for plot in ("throughput.png", "latency.png", "step_breakdown.png"):
         assert (tmp_path / plot).stat().st_size > 0
         assert f"]({plot})" in text
+
+
+def test_plates_read_needs_the_plate_found_and_its_text_exact() -> None:
+    labels = {"a.png": [("A123BC77", [10, 10, 60, 25]), ("B456CE99", [100, 10, 150, 25])], "b.png": []}
+    answers = {
+        # The first plate found and read; the second found (centre inside) but misread.
+        "a.png": (np.array([[12, 11, 58, 24], [110, 12, 130, 20]], np.float32), ["A123BC77", "B456CE90"]),
+        # A box that is no labelled plate, with a text that is: not a read plate.
+        "b.png": (np.array([[0, 0, 5, 5]], np.float32), ["A123BC77"]),
+    }
+    assert plates_read(answers, labels) == {"images": 2, "labelled_plates": 2, "read": 1}
 
 
 def test_baseline_repository_is_the_product_without_batching(tmp_path: Path) -> None:
@@ -271,7 +286,10 @@ def test_floor_answers_like_the_server_and_measures(served_pipeline, served_repo
     floor = floor_pipeline(served_repository, tmp_path / "graphs")
     images = read_images(folder_images(small_images))
     with grpcclient.InferenceServerClient(served_pipeline.grpc_url) as client:
-        assert compare_answers(client, images, floor, with_bls=False) == {"ensemble = floor": True}
+        agreement, answers = compare_answers(client, images, floor, with_bls=False)
+    assert agreement == {"ensemble = floor": True} and set(answers) == {item.name for item in images}
+    read = plates_read(answers, plate_labels(small_images))
+    assert read["labelled_plates"] == sum(scene.plates for scene in SMALL_SCENES) and read["images"] == len(images)
     measurement = measure_floor(floor, [item.image for item in images], 2, duration_s=0.3, warmup_s=0.1)
     assert measurement.requests >= 6
     assert measurement.throughput > 0
