@@ -1,7 +1,8 @@
 """Geometry shared by the ``preprocess`` and ``crop`` steps, written in torch so that it exports to ONNX graphs.
 
 The detector looks at V = 1 + G x G views of the original BGR image: the whole frame, then a G x G grid of
-overlapping tiles (``spec.TILE_GRID``), which bring small plates to the detector at about G times the size. Each
+overlapping tiles (``spec.TILE_GRID``), which bring small plates to the detector at about G times the size; an image
+that fits the 640 canvas gets the whole view alone (V = 1, ``spec.image_views``). Each
 view's window is scaled by r = min(640 / h, 640 / w), keeping its aspect, centred on a 640x640 canvas filled with
 grey 114 and flipped to RGB planes: the YOLOv5 letterbox (``alpr.preprocess``). The views' detections are mapped back
 from their canvases to original pixels, tiles keep only the small plates they are there for, the views are merged by
@@ -95,6 +96,26 @@ def view_windows(height: int | Tensor, width: int | Tensor, grid: int = spec.TIL
             y1 = h if row == grid - 1 else torch.round(y0 + h / span)
             windows.append(torch.stack([torch.round(x0), torch.round(y0), x1, y1]))
     return torch.stack(windows)
+
+
+def image_view_windows(height: Tensor, width: Tensor, grid: int = spec.TILE_GRID) -> Tensor:
+    """The windows ``[V, 4]`` of the views an image of ``height`` x ``width`` (int64 scalars) gets: the whole image
+    alone when its long side is at most ``spec.TILES_ABOVE_SIDE``, else also the tiles (``spec.image_views``).
+
+    V is computed with integer max/min arithmetic on the sizes, so that it stays a shape value of the graph.
+    """
+    windows = view_windows(height, width, grid)
+    tiles = windows.shape[0] - 1
+    if not tiles:
+        return windows
+    excess = torch.maximum(height, width) - spec.TILES_ABOVE_SIDE
+    tiled = torch.minimum(torch.maximum(excess, torch.zeros_like(excess)), torch.ones_like(excess))  # 1: tiles
+    return windows.index_select(0, torch.arange(1 + tiles * tiled))  # type: ignore[call-overload]
+
+
+def num_views(det_scores: Tensor) -> Tensor:
+    """V, the views of one image, from a ``[V, K]`` detector output, as an int64 scalar that stays dynamic."""
+    return operators.shape_as_tensor(det_scores)[0]
 
 
 def image_size(image: Tensor) -> tuple[Tensor, Tensor]:
@@ -237,21 +258,25 @@ def merge_views(
     height: Tensor,
     width: Tensor,
     grid: int = spec.TILE_GRID,
-    thresholds: tuple[float, float] | None = None,
+    thresholds: tuple[float, float, float] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The views' detections in original pixels, ``[V * K, 4]``, with scores ``[V * K]``, 0 where not kept.
 
-    A view's padding rows score 0, and so do boxes under the view's threshold (``thresholds``, the whole view's and
-    a tile's, default ``spec.view_thresholds(grid)``) and a tile's boxes that it is not there for: those wider than
+    The V views are those ``image_view_windows`` gives the image. A view's padding rows score 0, and so do boxes under
+    the view's threshold (``thresholds``: the whole view alone, the whole view among tiles, a tile; default
+    ``spec.view_thresholds()``) and a tile's boxes that it is not there for: those wider than
     ``spec.TILE_MAX_PLATE`` on the whole view's canvas, and those touching an inner edge of the tile.
     """
-    views, k = det_scores.shape
-    x0, y0, x1, y1 = view_windows(height, width, grid).unsqueeze(-1).unbind(1)  # each [V, 1]
+    views = num_views(det_scores)
+    # A 0-d tensor end keeps V dynamic in the exported graph; torch's stubs only admit numbers.
+    served = torch.arange(views)  # type: ignore[call-overload]
+    x0, y0, x1, y1 = view_windows(height, width, grid).index_select(0, served).unsqueeze(-1).unbind(1)
     boxes = boxes_from_letterbox(det_boxes, y1 - y0, x1 - x0) + torch.stack([x0, y0, x0, y0], -1)
     bx1, by1, bx2, by2 = boxes.unbind(-1)  # each [V, K], original pixels
     r = letterbox_transform(y1 - y0, x1 - x0)[0]
-    kept = torch.arange(k, device=det_scores.device) < num_dets.reshape(views, 1)
-    tile = torch.arange(views, device=det_scores.device).reshape(views, 1) > 0
+    k = det_scores.shape[1]
+    kept = torch.arange(k, device=det_scores.device) < num_dets.reshape(-1, 1)
+    tile = (served > 0).reshape(-1, 1)
     whole_view_scale = r[0]
     small = (bx2 - bx1) * whole_view_scale < spec.TILE_MAX_PLATE
     edge = spec.TILE_EDGE / r
@@ -262,10 +287,11 @@ def merge_views(
         & ((x1 >= image_width) | (bx2 < x1 - edge))
         & ((y1 >= image_height) | (by2 < y1 - edge))
     )
-    whole_view_threshold, tile_threshold = thresholds or spec.view_thresholds(grid)
-    confident = det_scores >= torch.where(tile, tile_threshold, whole_view_threshold)
+    alone_threshold, whole_view_threshold, tile_threshold = thresholds or spec.view_thresholds()
+    whole_threshold = torch.where(tile.any(), whole_view_threshold, alone_threshold)
+    confident = det_scores >= torch.where(tile, tile_threshold, whole_threshold)
     kept = kept & confident & (~tile | (small & clear_of_inner_edges))
-    return boxes.reshape(views * k, 4), torch.where(kept, det_scores, 0.0).reshape(views * k)
+    return boxes.reshape(-1, 4), torch.where(kept, det_scores, 0.0).reshape(-1)
 
 
 def suppress_across_views(boxes: Tensor, scores: Tensor, max_plates: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -292,7 +318,7 @@ def merged_plates(
     height: Tensor,
     width: Tensor,
     grid: int = spec.TILE_GRID,
-    thresholds: tuple[float, float] | None = None,
+    thresholds: tuple[float, float, float] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The image's plates from its views' detections: ``merge_views`` then ``suppress_across_views``, keeping at
     most K, as many as one view may hold. Returns the count, boxes ``[K, 4]`` (original pixels) and scores ``[K]``,
@@ -309,7 +335,7 @@ def detections_for_boxes(
     For feeding known boxes (reference labels, calibration) to the served crop step: num_dets ``[V, 1]``,
     det_boxes ``[V, K, 4]`` and det_scores ``[V, K]``.
     """
-    count, views = min(len(boxes), max_plates), spec.detector_views(tile_grid)
+    count, views = min(len(boxes), max_plates), spec.image_views(height, width, tile_grid)
     num_dets = np.zeros((views, 1), np.int32)
     det_boxes = np.zeros((views, max_plates, 4), np.float32)
     det_scores = np.zeros((views, max_plates), np.float32)

@@ -9,16 +9,17 @@ from alpr import spec
 from alpr.geometry import (
     as_float,
     image_size,
+    image_view_windows,
     letterbox_transform,
     pixel_centres,
     sample_bilinear,
     scaled_side,
-    view_windows,
 )
 
 
 class Preprocess(nn.Module):
-    """The ``preprocess`` step: BGR uint8 ``[H, W, 3]`` -> letterboxed RGB uint8 views ``[V, 3, 640, 640]``.
+    """The ``preprocess`` step: BGR uint8 ``[H, W, 3]`` -> letterboxed RGB uint8 views ``[V, 3, 640, 640]``, V by
+    ``spec.image_views`` (the whole image alone when it fits the canvas).
 
     ``grid`` 1 gives the whole image alone, which is what the detector is trained on: training and serving see
     identical pixels. The CPU targets serve the same views drawn by OpenCV (``alpr.views.letterbox_views``).
@@ -26,12 +27,12 @@ class Preprocess(nn.Module):
 
     def __init__(self, grid: int = spec.TILE_GRID) -> None:
         super().__init__()
-        self.grid = grid  # V = spec.detector_views(grid)
+        self.grid = grid
 
     def forward(self, image: Tensor) -> Tensor:
         pixels = as_float(image)
         height, width = image_size(pixels)
-        x0, y0, x1, y1 = view_windows(height, width, self.grid).unsqueeze(-1).unbind(1)  # each [V, 1]
+        x0, y0, x1, y1 = image_view_windows(height, width, self.grid).unsqueeze(-1).unbind(1)  # each [V, 1]
         r, pad_x, pad_y = letterbox_transform(y1 - y0, x1 - x0)
         centres = pixel_centres(spec.DETECTOR_SIZE, image.device)
         # Canvas pixels whose centre falls on the scaled window take its samples; the rest are the fill.

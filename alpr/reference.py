@@ -31,7 +31,9 @@ def _bilinear_numpy(image: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarr
 
 
 def _windows_numpy(height: int, width: int, grid: int) -> list[tuple[np.float32, ...]]:
-    return [tuple(np.float32(v) for v in window) for window in view_windows(height, width, grid).tolist()]
+    """The windows of the views the image gets: every tile's (``view_windows``), the tiles only for a large image."""
+    windows = view_windows(height, width, grid).tolist()[: spec.image_views(height, width, grid)]
+    return [tuple(np.float32(v) for v in window) for window in windows]
 
 
 def preprocess_reference(image: np.ndarray, grid: int = spec.TILE_GRID) -> np.ndarray:

@@ -25,20 +25,30 @@ TILE_GRID = 2
 TILE_OVERLAP = 0.2
 TILE_MAX_PLATE = 32.0
 TILE_EDGE = 2.0
+# Tiles only where the whole view shrinks the image: an image whose long side fits the canvas is seen whole at full
+# resolution or enlarged, and its tiles would only enlarge pixels that the whole view already has, at four times the
+# detector's cost. On such an image the whole view is alone, with SINGLE_VIEW_CONFIDENCE.
+TILES_ABOVE_SIDE = DETECTOR_SIZE
 
 
 def detector_views(tile_grid: int = TILE_GRID) -> int:
-    """V, the detector views of one image: the whole image and ``tile_grid`` x ``tile_grid`` tiles (none for 1)."""
+    """The most detector views of one image: the whole image and ``tile_grid`` x ``tile_grid`` tiles (none for 1)."""
     return 1 + tile_grid * tile_grid if tile_grid > 1 else 1
 
 
-def view_thresholds(tile_grid: int = TILE_GRID) -> tuple[float, float]:
-    """The served score thresholds (whole view, tile) for ``tile_grid``; without tiles the second is unused."""
-    return (WHOLE_VIEW_CONFIDENCE, TILE_CONFIDENCE) if tile_grid > 1 else (SINGLE_VIEW_CONFIDENCE, TILE_CONFIDENCE)
+def image_views(height: int, width: int, tile_grid: int = TILE_GRID) -> int:
+    """V, the detector views of an image of ``height`` x ``width``: with tiles only when its long side exceeds
+    ``TILES_ABOVE_SIDE``."""
+    return detector_views(tile_grid) if max(height, width) > TILES_ABOVE_SIDE else 1
+
+
+def view_thresholds() -> tuple[float, float, float]:
+    """The served score thresholds: the whole view alone, the whole view among tiles, a tile."""
+    return SINGLE_VIEW_CONFIDENCE, WHOLE_VIEW_CONFIDENCE, TILE_CONFIDENCE
 
 
 def tile_grid_of(views: int) -> int:
-    """The tile grid G that gives ``views`` detector views (an exported graph's static V)."""
+    """The tile grid G that gives at most ``views`` detector views."""
     return next(grid for grid in range(1, views + 1) if detector_views(grid) == views)
 
 

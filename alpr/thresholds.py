@@ -1,7 +1,9 @@
 """Choose the served detector score thresholds on validation data, never on a set that reports them.
 
 ``python -m alpr.thresholds`` (``make thresholds``) runs the served views and detector once per validation image
-with a low score floor, then replays the crop step's merge for every pair of thresholds (whole view, tile) on a grid.
+with a low score floor, then replays the crop step's merge for every pair of thresholds (whole view among tiles,
+tile) on a grid; an image that fits the canvas has the whole view alone, at the threshold that the sweep of the whole
+image alone (below) chooses.
 Each pair is scored on the validation split of the real photos (``alpr.realdata``; a plate counts as found when a
 box's centre lies inside it or their IoU is at least 0.3) and on synthetic validation scenes (IoU 0.5), and ranked by
 the lowest of the four precisions and recalls (ties: the higher real F1). Both count: the real photos are close-ups
@@ -77,14 +79,14 @@ def real_samples(split: str = "validation") -> Iterable[tuple[np.ndarray, np.nda
 def precision_recall(
     detections: list[ViewDetections],
     tile_grid: int,
-    thresholds: tuple[float, float],
+    thresholds: tuple[float, float, float],
     tally: DetectionTally | None = None,
 ) -> dict[str, float]:
-    """Detector precision, recall and AP after the crop step's merge at ``thresholds`` (whole view, tile), counted by
-    ``tally`` (default: IoU 0.5)."""
+    """Detector precision, recall and AP after the crop step's merge at ``thresholds`` (whole view alone, whole view
+    among tiles, tile), counted by ``tally`` (default: IoU 0.5)."""
     tally = tally or DetectionTally()
-    views = spec.detector_views(tile_grid)
     for d in detections:
+        views = spec.image_views(d.height, d.width, tile_grid)
         height, width = torch.tensor(d.height), torch.tensor(d.width)
         count, boxes, scores = merged_plates(
             d.num_dets[:views], d.det_boxes[:views], d.det_scores[:views], height, width, tile_grid, thresholds
@@ -104,13 +106,17 @@ def _rank(row: dict) -> tuple[float, float]:
 def sweep(real: list[ViewDetections], synthetic: list[ViewDetections], tile_grid: int) -> dict:
     """Every threshold pair on ``GRID`` for ``tile_grid`` (one threshold when it is 1), on ``real`` (the real-photo
     criterion) and ``synthetic`` (IoU 0.5), best first by ``_rank``."""
-    pairs = itertools.product(GRID, GRID) if tile_grid > 1 else ((t, spec.TILE_CONFIDENCE) for t in GRID)
-    served = spec.view_thresholds(tile_grid)
+    alone, *served_pair = spec.view_thresholds()
+    if tile_grid > 1:  # the image that fits the canvas keeps the whole view alone at the served threshold
+        candidates = [(alone, whole, tile) for whole, tile in [tuple(served_pair), *itertools.product(GRID, GRID)]]
+    else:
+        candidates = [(whole, *served_pair) for whole in (alone, *GRID)]
     rows = []
-    for whole, tile in tqdm([served, *pairs], desc=f"sweep, tile grid {tile_grid}", leave=False):
+    for thresholds in tqdm(candidates, desc=f"sweep, tile grid {tile_grid}", leave=False):
+        whole, tile = thresholds[1:] if tile_grid > 1 else thresholds[:2]
         row = {"whole_view": whole, "tile": tile}
-        row.update(precision_recall(real, tile_grid, (whole, tile), realdata.found_tally()))
-        row["synthetic"] = precision_recall(synthetic, tile_grid, (whole, tile))
+        row.update(precision_recall(real, tile_grid, thresholds, realdata.found_tally()))
+        row["synthetic"] = precision_recall(synthetic, tile_grid, thresholds)
         rows.append(row)
     served_row, rows = rows[0], sorted(rows[1:], key=_rank, reverse=True)
     return {"tile_grid": tile_grid, "served": served_row, "best": rows[0], "top": rows[:10]}

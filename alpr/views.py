@@ -1,7 +1,8 @@
 """The detector's views of one image in NumPy and OpenCV, without PyTorch: the ``preprocess`` step of the CPU targets.
 
 The convention (``alpr.geometry`` states it for the graph, which computes the same views on the GPU target): the
-views are the whole image, then a G x G grid of overlapping tiles with whole-pixel corners. Each view's window is
+views are the whole image, then, when its long side exceeds the 640 canvas, a G x G grid of overlapping tiles with
+whole-pixel corners. Each view's window is
 scaled by r = min(640 / h, 640 / w) to round(w r) x round(h r) pixels, sampled bilinearly with the pixel-centre
 convention of ``cv2.resize`` from the window alone (its borders replicated), and placed on a 640x640 canvas of grey
 114 at whole-pixel paddings floor((640 - round(w r)) / 2): exactly ``cv2.resize`` with ``fx = fy = r`` and a paste.
@@ -9,6 +10,8 @@ The sizes are evaluated in float32 with the operations of the graph, so both agr
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -42,8 +45,11 @@ def letterbox_layout(height: float | np.floating, width: float | np.floating) ->
     return float(r), float(np.floor((size - cols) / two)), float(np.floor((size - rows) / two)), int(rows), int(cols)
 
 
-def window_corners(height: int, width: int, grid: int = spec.TILE_GRID) -> list[tuple[int, int, int, int]]:
-    """Whole-pixel windows x0, y0, x1, y1 of the views (``alpr.geometry.view_windows``, evaluated in float32)."""
+def window_corners(
+    height: int, width: int, grid: int = spec.TILE_GRID, *, all_tiles: bool = False
+) -> list[tuple[int, int, int, int]]:
+    """Whole-pixel windows x0, y0, x1, y1 of the views an image gets (``spec.image_views``; with ``all_tiles`` the
+    tiles whatever its size), as ``alpr.geometry.view_windows`` evaluates them in float32."""
     h, w = np.float32(height), np.float32(width)
     windows = [(0, 0, int(width), int(height))]
     span = grid - (grid - 1) * spec.TILE_OVERLAP
@@ -55,7 +61,7 @@ def window_corners(height: int, width: int, grid: int = spec.TILE_GRID) -> list[
             x1 = w if col == grid - 1 else np.round(x0 + w / np.float32(span))
             y1 = h if row == grid - 1 else np.round(y0 + h / np.float32(span))
             windows.append((int(np.round(x0)), int(np.round(y0)), int(x1), int(y1)))
-    return windows
+    return windows if all_tiles else windows[: spec.image_views(height, width, grid)]
 
 
 def letterbox_views(image: np.ndarray, grid: int = spec.TILE_GRID) -> np.ndarray:
@@ -82,3 +88,10 @@ def _fit(scaled: np.ndarray, rows: int, cols: int) -> np.ndarray:
     if scaled.shape[:2] == (rows, cols):
         return scaled
     return np.pad(scaled, ((0, rows - scaled.shape[0]), (0, cols - scaled.shape[1]), (0, 0)), mode="edge")
+
+
+def views_tile_grid(preprocess: Callable[[np.ndarray], np.ndarray]) -> int:
+    """The tile grid G of a ``preprocess`` implementation (image -> views): from its views of a frame larger than the
+    canvas, which gets every tile."""
+    frame = np.zeros((spec.TILES_ABOVE_SIDE + 1, spec.TILES_ABOVE_SIDE + 1, 3), np.uint8)
+    return spec.tile_grid_of(len(preprocess(frame)))

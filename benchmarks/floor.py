@@ -58,9 +58,9 @@ def served_intra_op_threads(repository: Path) -> int:
 
 
 def served_tile_grid(repository: Path) -> int:
-    """The tile grid of the served views (from the ``preprocess`` config's views per image)."""
-    (views,) = (output for output in read_config(repository / "preprocess" / "config.pbtxt").output)
-    return spec.tile_grid_of(int(views.dims[0]))
+    """The tile grid of the views drawn by the Python ``preprocess`` step (its config parameter)."""
+    parameters = read_config(repository / "preprocess" / "config.pbtxt").parameters
+    return int(parameters["tile_grid"].string_value) if "tile_grid" in parameters else spec.TILE_GRID
 
 
 def floor_pipeline(repository: Path, graphs_dir: Path) -> OnnxPipeline:

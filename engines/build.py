@@ -9,7 +9,8 @@ ONNX graph copied.
 
 Optimization profiles come from the configs themselves, so a plan always accepts what Triton will send it:
 a batching model (``max_batch_size`` B > 0) gets batch 1..B, optimised for its largest preferred batch size; an
-``[H, W, 3]`` image input gets sides MIN_IMAGE_SIDE..MAX_IMAGE_SIDE, optimised for a 1080x1920 frame.
+``[H, W, 3]`` image input gets sides MIN_IMAGE_SIDE..MAX_IMAGE_SIDE, optimised for a 1080x1920 frame; the crop
+step's per-view inputs ``[V, ...]`` get 1 view (an image that fits the canvas) up to the most views of any tile grid.
 
 Precision: ``fp16`` by default. ``preprocess`` and ``crop`` compute pixel positions and uint8 pixels, which must
 stay exact, so they are always built in fp32. ``int8`` quantizes the detector and LPRNet with entropy calibration
@@ -48,7 +49,7 @@ from typing import Protocol
 from tritonclient.grpc import model_config_pb2 as mc
 
 from alpr import spec
-from alpr.serving.repository import read_config
+from alpr.serving.repository import MAX_TILE_GRID, read_config
 from engines.calibration import CalibrationBatches, calibration_images, entropy_calibrator
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -113,6 +114,11 @@ def is_image_dims(dims: Sequence[int]) -> bool:
     return len(dims) == 3 and dims[0] == -1 and dims[1] == -1 and dims[2] == 3
 
 
+def is_views_dims(dims: Sequence[int]) -> bool:
+    """``[V, ...]`` with only the views dynamic: one image's detector outputs, as the crop step takes them."""
+    return len(dims) > 1 and dims[0] == -1 and -1 not in dims[1:]
+
+
 def input_profile(config: mc.ModelConfig) -> dict[str, ShapeRange]:
     """Optimization profile of every input of ``config``: batch range and image sides, as described above."""
     profile = {}
@@ -122,6 +128,10 @@ def input_profile(config: mc.ModelConfig) -> dict[str, ShapeRange]:
             low = (spec.MIN_IMAGE_SIDE, spec.MIN_IMAGE_SIDE, 3)
             best = (*OPTIMAL_IMAGE_SIDES, 3)
             high = (spec.MAX_IMAGE_SIDE, spec.MAX_IMAGE_SIDE, 3)
+        elif config.max_batch_size == 0 and is_views_dims(dims):
+            # From the whole view alone (an image that fits the canvas) to the most views the export allows.
+            low, best = (1, *dims[1:]), (spec.DETECTOR_VIEWS, *dims[1:])
+            high = (spec.detector_views(MAX_TILE_GRID), *dims[1:])
         elif -1 in dims:
             raise BuildError(f"{config.name}: input {tensor.name} has dynamic dims {dims} that no profile rule covers")
         else:

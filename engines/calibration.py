@@ -127,9 +127,10 @@ class CalibrationBatches:
     def lprnet(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """Rectified plate crops ``[batch_size, 3, 24, 94]`` from the true boxes of the images."""
         from alpr.geometry import detections_for_boxes
+        from alpr.views import views_tile_grid
 
         crops = []
-        tile_grid = spec.tile_grid_of(self.preprocess.get_outputs()[0].shape[0])
+        tile_grid = views_tile_grid(lambda image: self.preprocess.run(None, {spec.IMAGE_INPUT: image})[0])
         for image, boxes in self.images:
             if not len(boxes):
                 continue

@@ -136,7 +136,7 @@ def served_graphs(
 ) -> dict[str, Graph]:
     """The five served graphs, keyed by step name, with the tensor contract of ARCHITECTURE.md."""
     size, crop = spec.DETECTOR_SIZE, (3, spec.CROP_HEIGHT, spec.CROP_WIDTH)
-    image = torch.zeros((480, 640, 3), dtype=torch.uint8)
+    image = torch.zeros((720, 1280, 3), dtype=torch.uint8)  # larger than the canvas: every view
     views = spec.detector_views(tile_grid)
     detections = (
         torch.ones((views, 1), dtype=torch.int32),
@@ -152,7 +152,7 @@ def served_graphs(
             spec.step_inputs("preprocess"),
             spec.step_outputs("preprocess"),
             (image,),
-            {spec.IMAGE_INPUT: {0: "height", 1: "width"}},
+            {spec.IMAGE_INPUT: {0: "height", 1: "width"}, spec.VIEWS: {0: "views"}},
         ),
         "detector": Graph(
             "detector",
@@ -168,7 +168,11 @@ def served_graphs(
             spec.step_inputs("crop"),
             spec.step_outputs("crop"),
             (image, *detections),
-            {spec.IMAGE_INPUT: {0: "height", 1: "width"}, **dict.fromkeys(spec.step_outputs("crop"), plates)},
+            {
+                spec.IMAGE_INPUT: {0: "height", 1: "width"},
+                **{name: {0: "views"} for name in spec.step_inputs("crop")[1:]},
+                **dict.fromkeys(spec.step_outputs("crop"), plates),
+            },
         ),
         "stn": Graph(
             "stn",

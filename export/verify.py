@@ -35,7 +35,7 @@ from alpr.geometry import detections_for_boxes
 from alpr.paths import shared_dir
 from alpr.preprocess import Preprocess
 from alpr.reference import crop_step_reference, preprocess_reference
-from alpr.views import letterbox_views
+from alpr.views import letterbox_views, views_tile_grid
 from export.to_onnx import GRAPH_NAMES, Networks, networks_from_arguments, weight_arguments
 
 # Tolerances, max abs difference. Letterbox pixels are uint8: one grey level allows float32 vs float64 rounding
@@ -228,8 +228,8 @@ def exported_max_plates(detector: ort.InferenceSession) -> int:
 
 
 def exported_tile_grid(preprocess: ort.InferenceSession) -> int:
-    """G, the tiles per side the exported preprocess graph makes (from its static number of views)."""
-    return spec.tile_grid_of(preprocess.get_outputs()[0].shape[0])
+    """G, the tiles per side the exported preprocess graph makes of a large frame."""
+    return views_tile_grid(lambda image: preprocess.run(None, {spec.IMAGE_INPUT: image})[0])
 
 
 def time_graphs(onnx_dir: Path, repeats: int = 10, threads: int = 1) -> dict[str, float]:

@@ -63,7 +63,8 @@ def test_letterbox_transform_scales_the_long_side_to_640_and_centres(height, wid
 def test_detector_views_match_numpy_reference(height: int, width: int) -> None:
     image = photo_like(np.random.default_rng(height * 7 + width), height, width)
     actual, expected = detector_views(image), preprocess_reference(image)
-    assert actual.shape == (spec.DETECTOR_VIEWS, 3, spec.DETECTOR_SIZE, spec.DETECTOR_SIZE) and actual.dtype == np.uint8
+    views = spec.image_views(height, width)
+    assert actual.shape == (views, 3, spec.DETECTOR_SIZE, spec.DETECTOR_SIZE) and actual.dtype == np.uint8
     diff = np.abs(actual.astype(int) - expected.astype(int))
     assert diff.max() <= GREY_LEVEL, f"max abs diff {diff.max()} > {GREY_LEVEL} grey level"
     share = (diff > 0).mean()
@@ -78,7 +79,7 @@ def test_detector_views_match_numpy_reference(height: int, width: int) -> None:
 def test_opencv_views_of_the_cpu_targets_equal_the_graph(height: int, width: int, grid: int) -> None:
     image = photo_like(np.random.default_rng(height + width), height, width)
     opencv = letterbox_views(image, grid)
-    assert opencv.shape == (spec.detector_views(grid), 3, spec.DETECTOR_SIZE, spec.DETECTOR_SIZE)
+    assert opencv.shape == (spec.image_views(height, width, grid), 3, spec.DETECTOR_SIZE, spec.DETECTOR_SIZE)
     for name, other in (("graph", detector_views(image, grid)), ("NumPy", preprocess_reference(image, grid))):
         diff = np.abs(opencv.astype(int) - other.astype(int))
         assert diff.max() <= GREY_LEVEL, f"max abs diff {diff.max()} against the {name} (fixed point) > 1 grey level"
@@ -106,6 +107,31 @@ def test_each_view_samples_its_own_window() -> None:
     image[:, x1:] = 255
     for views in (letterbox_views(image), detector_views(image), preprocess_reference(image)):
         assert set(np.unique(views[1]).tolist()) == {0, spec.LETTERBOX_FILL}
+
+
+@pytest.mark.parametrize(("height", "width", "views"), [(480, 640, 1), (640, 640, 1), (640, 641, 5), (1080, 1920, 5)])
+def test_an_image_that_fits_the_canvas_gets_the_whole_view_alone(height: int, width: int, views: int) -> None:
+    image = photo_like(np.random.default_rng(9), height, width)
+    assert spec.image_views(height, width) == views
+    for name, drawn in (("graph", detector_views(image)), ("OpenCV", letterbox_views(image))):
+        assert len(drawn) == views, name
+    assert len(preprocess_reference(image)) == views
+    assert len(window_corners(height, width)) == views and len(window_corners(height, width, all_tiles=True)) == 5
+
+
+@pytest.mark.parametrize(("height", "width", "kept"), [(480, 640, True), (1080, 1920, False)])
+def test_the_whole_view_alone_has_its_own_threshold(height: int, width: int, kept: bool) -> None:
+    """A whole-view box scoring between the two thresholds is kept when the view is alone, dropped among tiles."""
+    image = photo_like(np.random.default_rng(10), height, width)
+    views, k = spec.image_views(height, width), spec.MAX_PLATES
+    score = (spec.SINGLE_VIEW_CONFIDENCE + spec.WHOLE_VIEW_CONFIDENCE) / 2
+    num_dets, det_boxes = np.zeros((views, 1), np.int32), np.zeros((views, k, 4), np.float32)
+    det_scores = np.zeros((views, k), np.float32)
+    num_dets[0], det_boxes[0, 0], det_scores[0, 0] = 1, [300, 300, 360, 315], score
+    _, _, plate_scores = run_cropper(image, num_dets, det_boxes, det_scores)
+    assert (plate_scores[0] == np.float32(score)) == kept
+    expected = crop_step_reference(image, num_dets, det_boxes, det_scores)
+    assert np.abs(plate_scores - expected[2]).max() == 0
 
 
 def test_letterbox_of_a_640_square_is_the_image_in_rgb_planes() -> None:

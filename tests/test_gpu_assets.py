@@ -32,7 +32,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from alpr import spec
 from alpr.detector_graph import PRE_NMS_TOP_K, DetectorWithNMS, non_max_suppression
 from alpr.paths import repo_root
-from alpr.serving.repository import TARGETS, write_repository
+from alpr.serving.repository import MAX_TILE_GRID, TARGETS, write_repository
 from alpr.synth.scenes import make_scene
 from engines import build, calibration, compare
 from export import tensorrt_variant
@@ -319,7 +319,8 @@ def test_builder_fills_every_plan_step_with_profiles_from_the_configs(
         (spec.MIN_IMAGE_SIDE, spec.MIN_IMAGE_SIDE, 3), (1080, 1920, 3), (spec.MAX_IMAGE_SIDE, spec.MAX_IMAGE_SIDE, 3)
     )
     if "crop" in jobs:
-        assert jobs["crop"].profile["det_boxes"] == build.ShapeRange(*[(spec.DETECTOR_VIEWS, k, 4)] * 3)
+        views = (1, spec.DETECTOR_VIEWS, spec.detector_views(MAX_TILE_GRID))
+        assert jobs["crop"].profile["det_boxes"] == build.ShapeRange(*[(v, k, 4) for v in views])
     precisions = {name: job.precision for name, job in jobs.items()}
     assert precisions["preprocess"] == "fp32" and precisions["detector"] == precisions["lprnet"] == "fp16"
 

@@ -167,8 +167,8 @@ def test_max_plates_flows_into_the_configs() -> None:
     assert detector["det_boxes"] == [5, 4]
     assert detector["det_scores"] == [5]
     crop = {tensor.name: list(tensor.dims) for tensor in configs["crop"].input}
-    assert crop["det_boxes"] == [spec.DETECTOR_VIEWS, 5, 4]
-    assert crop["det_scores"] == [spec.DETECTOR_VIEWS, 5]
+    assert crop["det_boxes"] == [-1, 5, 4]
+    assert crop["det_scores"] == [-1, 5]
     with pytest.raises(ValueError, match="max_plates"):
         graph_steps(spec.RECOGNISER_MAX_BATCH + 1)
 
@@ -176,9 +176,11 @@ def test_max_plates_flows_into_the_configs() -> None:
 @pytest.mark.parametrize(("tile_grid", "views"), [(1, 1), (2, 5), (3, 10)])
 def test_tile_grid_flows_into_the_configs(tile_grid: int, views: int) -> None:
     configs = parsed_configs("cpu", tile_grid=tile_grid)
-    assert list(configs["preprocess"].output[0].dims) == [views, 3, spec.DETECTOR_SIZE, spec.DETECTOR_SIZE]
+    # Up to V views: an image that fits the canvas gets the whole view alone.
+    assert list(configs["preprocess"].output[0].dims) == [-1, 3, spec.DETECTOR_SIZE, spec.DETECTOR_SIZE]
+    assert configs["preprocess"].parameters["tile_grid"].string_value == str(tile_grid)
     crop = {tensor.name: list(tensor.dims) for tensor in configs["crop"].input}
-    assert crop["num_dets"] == [views, 1] and crop["det_boxes"] == [views, spec.MAX_PLATES, 4]
+    assert crop["num_dets"] == [-1, 1] and crop["det_boxes"] == [-1, spec.MAX_PLATES, 4]
     detector = configs["detector"]
     assert detector.max_batch_size == spec.DETECTOR_IMAGES_PER_BATCH * views, "whole images' views per batch"
     assert list(detector.dynamic_batching.preferred_batch_size) == [2 * views, 4 * views]

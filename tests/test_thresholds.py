@@ -34,7 +34,7 @@ def test_the_sweep_at_the_served_thresholds_measures_what_the_pipeline_answers(d
         readings = pipeline(scene.image)
         truth = np.array([p.box_xyxy for p in scene.plates], dtype=np.float64).reshape(-1, 4)
         served.add(readings.boxes, readings.det_scores, truth)
-    replayed = precision_recall(detections, tile_grid, spec.view_thresholds(tile_grid))
+    replayed = precision_recall(detections, tile_grid, spec.view_thresholds())
     assert served.summary()["predictions"] > 0
     for key in ("precision", "recall", "predictions", "plates"):
         assert replayed[key] == pytest.approx(served.summary()[key]), key

@@ -88,8 +88,10 @@ class Step:
     note: str
     # A step written in Python (its code in the repository) instead of an exported graph.
     python_code: bool = False
-    # A graph step that the cpu target serves with this Python code instead (same tensors, same results).
+    # A graph step that the cpu target serves with this Python code instead (same tensors, same results), and the
+    # settings that the graph has built in and the code reads from its config's parameters.
     cpu_code: Path | None = None
+    cpu_parameters: tuple[tuple[str, str], ...] = ()
 
 
 def _tensor(name: str, data_type: str, *dims: int) -> TensorSpec:
@@ -114,14 +116,16 @@ def graph_steps(max_plates: int = spec.MAX_PLATES, tile_grid: int = spec.TILE_GR
         Step(
             name="preprocess",
             inputs=_tensors(spec.step_inputs("preprocess"), IMAGE),
-            outputs=_tensors(spec.step_outputs("preprocess"), ("UINT8", (views, 3, size, size))),
+            outputs=_tensors(spec.step_outputs("preprocess"), ("UINT8", (-1, 3, size, size))),
             max_batch_size=0,
             scheduling=Scheduling(max_queue_size=ENTRY_QUEUE_SIZE, dynamic_batching=True),
             note=(
-                f"{views} view(s), {tiles}, each letterboxed to 640x640 RGB planes. "
+                f"Up to {views} view(s), {tiles} (tiles only when the long side exceeds "
+                f"{spec.TILES_ABOVE_SIDE} px), each letterboxed to 640x640 RGB planes. "
                 "The entry step: its bounded queue refuses overload."
             ),
             cpu_code=LETTERBOX_SOURCE,
+            cpu_parameters=(("tile_grid", str(tile_grid)),),
         ),
         Step(
             name="detector",
@@ -142,9 +146,9 @@ def graph_steps(max_plates: int = spec.MAX_PLATES, tile_grid: int = spec.TILE_GR
             inputs=_tensors(
                 spec.step_inputs("crop"),
                 IMAGE,
-                ("INT32", (views, 1)),
-                ("FP32", (views, k, 4)),
-                ("FP32", (views, k)),
+                ("INT32", (-1, 1)),
+                ("FP32", (-1, k, 4)),
+                ("FP32", (-1, k)),
             ),
             outputs=_tensors(spec.step_outputs("crop"), ("FP32", (-1, *crop)), ("FP32", (-1, 4)), ("FP32", (-1,))),
             max_batch_size=0,
@@ -266,6 +270,7 @@ def step_config(step: Step, target: str) -> mc.ModelConfig:
         config.backend = spec.PYTHON_BACKEND
         group.kind = mc.ModelInstanceGroup.KIND_CPU
         group.count = step.scheduling.cpu_instances
+        _parameters(config, dict(step.cpu_parameters))
         return config
     if target == "tensorrt":
         config.platform = spec.TENSORRT_PLATFORM

@@ -97,8 +97,8 @@ class SceneTiles:
         scene = make_scene(rng, height, width, num_plates, self.max_distractors)
         image = scene.image
         boxes = np.array([p.box_xyxy for p in scene.plates], dtype=np.float64).reshape(-1, 4)
-        if spec.TILE_GRID > 1 and rng.random() < self.tile_views:
-            tiles = window_corners(height, width, spec.TILE_GRID)[1:]
+        tiles = window_corners(height, width, spec.TILE_GRID)[1:]  # none for a frame that fits the canvas
+        if tiles and rng.random() < self.tile_views:
             x0, y0, x1, y1 = tiles[rng.integers(len(tiles))]
             image = np.ascontiguousarray(image[y0:y1, x0:x1])
             boxes = np.array(visible_boxes(boxes, (x0, y0, x1, y1)), dtype=np.float64).reshape(-1, 4)

@@ -2,8 +2,9 @@
 
 The same views as the exported ``preprocess`` graph that the GPU target runs (``alpr.views``: whole-pixel windows
 and paddings, so each view is one ``cv2.resize`` and a paste, within one grey level of the graph), at a small share of
-its cost on a CPU. Input ``image`` UINT8 [H, W, 3] BGR; output ``images`` UINT8 [V, 3, 640, 640], V read from the
-config. An image of the wrong type, shape or size is refused with INVALID_ARGUMENT for that request alone.
+its cost on a CPU. Input ``image`` UINT8 [H, W, 3] BGR; output ``images`` UINT8 [V, 3, 640, 640]: the whole image,
+and the tiles of the grid named by the config parameter ``tile_grid`` when the image is larger than the canvas. An
+image of the wrong type, shape or size is refused with INVALID_ARGUMENT for that request alone.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import cv2
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from alpr.spec import IMAGE_INPUT, VIEWS, tile_grid_of
+from alpr.spec import IMAGE_INPUT, VIEWS
 from alpr.views import ImageError, check_image, letterbox_views
 
 
@@ -24,8 +25,7 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
-        views = next(int(output["dims"][0]) for output in config["output"] if output["name"] == VIEWS)
-        self.grid = tile_grid_of(views)
+        self.grid = int(config["parameters"]["tile_grid"]["string_value"])
         cv2.setNumThreads(1)
 
     def execute(self, requests: list[Any]) -> list[Any]:
