@@ -103,49 +103,83 @@ def _rank(row: dict) -> tuple[float, float]:
     return lowest, 2 * precision * recall / max(1e-9, precision + recall)
 
 
-def sweep(real: list[ViewDetections], synthetic: list[ViewDetections], tile_grid: int) -> dict:
-    """Every threshold pair on ``GRID`` for ``tile_grid`` (one threshold when it is 1), on ``real`` (the real-photo
-    criterion) and ``synthetic`` (IoU 0.5), best first by ``_rank``."""
-    alone, *served_pair = spec.view_thresholds()
-    if tile_grid > 1:  # the image that fits the canvas keeps the whole view alone at the served threshold
-        candidates = [(alone, whole, tile) for whole, tile in [tuple(served_pair), *itertools.product(GRID, GRID)]]
-    else:
-        candidates = [(whole, *served_pair) for whole in (alone, *GRID)]
+def _ranked(
+    real: list[ViewDetections],
+    synthetic: list[ViewDetections],
+    tile_grid: int,
+    candidates: list[tuple[float, float, float]],
+) -> dict:
+    """``candidates`` (alone, whole view among tiles, tile) scored on ``real`` (the real-photo criterion) and
+    ``synthetic`` (IoU 0.5): the first as served, the others best first by ``_rank``."""
     rows = []
-    for thresholds in tqdm(candidates, desc=f"sweep, tile grid {tile_grid}", leave=False):
-        whole, tile = thresholds[1:] if tile_grid > 1 else thresholds[:2]
-        row = {"whole_view": whole, "tile": tile}
-        row.update(precision_recall(real, tile_grid, thresholds, realdata.found_tally()))
-        row["synthetic"] = precision_recall(synthetic, tile_grid, thresholds)
+    for alone, whole, tile in tqdm(candidates, desc=f"sweep, tile grid {tile_grid}", leave=False):
+        row: dict = {"alone": alone, "whole_view": whole, "tile": tile}
+        row.update(precision_recall(real, tile_grid, (alone, whole, tile), realdata.found_tally()))
+        row["synthetic"] = precision_recall(synthetic, tile_grid, (alone, whole, tile))
         rows.append(row)
     served_row, rows = rows[0], sorted(rows[1:], key=_rank, reverse=True)
-    return {"tile_grid": tile_grid, "served": served_row, "best": rows[0], "top": rows[:10]}
+    return {"served": served_row, "best": rows[0], "top": rows[:10]}
+
+
+def sweep(real: list[ViewDetections], synthetic: list[ViewDetections], tile_grid: int) -> dict:
+    """The thresholds on ``GRID`` for ``tile_grid``, each with the others as served.
+
+    With tiles: every pair (whole view among tiles, tile) on all the images (``pairs``), and the whole view's threshold
+    when alone on the images that fit the canvas, the only ones it acts on (``alone``). Without tiles: the whole view's
+    one threshold on all the images (``alone``).
+    """
+    alone, whole, tile = spec.view_thresholds()
+    alone_candidates = [(threshold, whole, tile) for threshold in (alone, *GRID)]
+    if tile_grid == 1:
+        return {"tile_grid": 1, "alone": _ranked(real, synthetic, 1, alone_candidates)}
+
+    def fits(detections: list[ViewDetections]) -> list[ViewDetections]:
+        return [d for d in detections if spec.image_views(d.height, d.width, tile_grid) == 1]
+
+    pairs = [(alone, *pair) for pair in [(whole, tile), *itertools.product(GRID, GRID)]]
+    return {
+        "tile_grid": tile_grid,
+        "pairs": _ranked(real, synthetic, tile_grid, pairs),
+        "alone": _ranked(fits(real), fits(synthetic), tile_grid, alone_candidates),
+        "images_alone": {"real": len(fits(real)), "synthetic": len(fits(synthetic))},
+    }
 
 
 def markdown(report: dict) -> str:
-    """The served and the best thresholds of each tile grid, with the runners-up."""
+    """The served and the best thresholds of each sweep, with the runners-up."""
     lines = [
         f"Real validation photos: {report['real_photos']} (a plate is found by a box whose centre lies inside it or"
         f" whose IoU reaches {realdata.FOUND_IOU}); synthetic validation scenes: {report['scenes']} (seed"
-        f" {report['seed']}, IoU 0.5); score floor {SCORE_FLOOR}",
+        f" {report['seed']}, IoU 0.5); score floor {SCORE_FLOOR}. An image gets tiles only when its long side exceeds"
+        f" {spec.TILES_ABOVE_SIDE} px; otherwise its whole view is alone.",
         "",
     ]
     for result in report["sweeps"]:
-        lines += [
-            f"Tile grid {result['tile_grid']}:",
-            "",
-            "| | whole view | tile | real precision | real recall | false boxes per photo | synthetic precision"
-            " | synthetic recall |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for name, row in [("served", result["served"]), *(("", row) for row in result["top"])]:
-            tile = f"{row['tile']:.2f}" if result["tile_grid"] > 1 else "-"
-            synthetic = row["synthetic"]
-            lines.append(
-                f"| {name} | {row['whole_view']:.2f} | {tile} | {row['precision']:.3f} | {row['recall']:.3f} |"
-                f" {row['false_boxes_per_image']:.3f} | {synthetic['precision']:.3f} | {synthetic['recall']:.3f} |"
-            )
-        lines.append("")
+        grid = result["tile_grid"]
+        tables = [("pairs", "the pair (whole view among tiles, tile), on all the images")] if grid > 1 else []
+        alone_images = result.get("images_alone")
+        where = (
+            f"the images that fit the canvas ({alone_images['real']} real, {alone_images['synthetic']} synthetic)"
+            if alone_images
+            else "all the images"
+        )
+        tables.append(("alone", f"the whole view's threshold when alone, on {where}"))
+        for key, title in tables:
+            lines += [
+                f"Tile grid {grid}, {title}:",
+                "",
+                "| | alone | whole view among tiles | tile | real precision | real recall | false boxes per photo"
+                " | synthetic precision | synthetic recall |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            ]
+            for name, row in [("served", result[key]["served"]), *(("", row) for row in result[key]["top"])]:
+                synthetic = row["synthetic"]
+                lines.append(
+                    f"| {name} | {row['alone']:.2f} | {row['whole_view']:.2f} | {row['tile']:.2f} |"
+                    f" {row['precision']:.3f} | {row['recall']:.3f} | {row['false_boxes_per_image']:.3f} |"
+                    f" {synthetic['precision']:.3f} | {synthetic['recall']:.3f} |"
+                )
+            lines.append("")
     return "\n".join(lines)
 
 

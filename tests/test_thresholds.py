@@ -44,12 +44,17 @@ def test_the_best_pair_is_ranked_first_by_the_lowest_precision_or_recall_of_both
     # The same detections stand in for the real photos here (counted by the real-photo criterion): the ranking is
     # what is tested.
     result = sweep(detections, detections, spec.TILE_GRID)
-    lower = [
-        min(row["precision"], row["recall"], row["synthetic"]["precision"], row["synthetic"]["recall"])
-        for row in result["top"]
-    ]
-    assert lower == sorted(lower, reverse=True)
-    assert result["best"] == result["top"][0]
+    for key in ("pairs", "alone"):
+        lower = [
+            min(row["precision"], row["recall"], row["synthetic"]["precision"], row["synthetic"]["recall"])
+            for row in result[key]["top"]
+        ]
+        assert lower == sorted(lower, reverse=True)
+        assert result[key]["best"] == result[key]["top"][0]
+    # The whole view's threshold when alone is scored on the images that fit the canvas (640x480), and only there.
+    fitting = [d for d in detections if max(d.height, d.width) <= spec.TILES_ABOVE_SIDE]
+    assert result["images_alone"]["synthetic"] == len(fitting) > 0
+    assert result["alone"]["served"]["plates"] == sum(len(d.truth) for d in fitting)
 
 
 def test_the_held_out_seed_is_refused() -> None:
