@@ -260,7 +260,8 @@ def merge_views(
     grid: int = spec.TILE_GRID,
     thresholds: tuple[float, float, float] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """The views' detections in original pixels, ``[V * K, 4]``, with scores ``[V * K]``, 0 where not kept.
+    """The views' detections in original pixels, ``[V_max * K, 4]``, with scores ``[V_max * K]``, 0 where not kept
+    (and for the views an image that fits the canvas does not get).
 
     The V views are those ``image_view_windows`` gives the image. A view's padding rows score 0, and so do boxes under
     the view's threshold (``thresholds``: the whole view alone, the whole view among tiles, a tile; default
@@ -291,7 +292,16 @@ def merge_views(
     whole_threshold = torch.where(tile.any(), whole_view_threshold, alone_threshold)
     confident = det_scores >= torch.where(tile, tile_threshold, whole_threshold)
     kept = kept & confident & (~tile | (small & clear_of_inner_edges))
-    return boxes.reshape(-1, 4), torch.where(kept, det_scores, 0.0).reshape(-1)
+    return _most_views(boxes.reshape(-1, 4), torch.where(kept, det_scores, 0.0).reshape(-1), grid, k)
+
+
+def _most_views(boxes: Tensor, scores: Tensor, grid: int, k: int) -> tuple[Tensor, Tensor]:
+    """``[V * K]`` rows padded to the static ``[V_max * K]`` of the most views (padding scored 0), so that what
+    follows has fixed sizes (TensorRT's TopK needs a constant count)."""
+    rows = torch.arange(spec.detector_views(grid) * k, device=scores.device)
+    count = operators.shape_as_tensor(scores)[0]
+    source = torch.minimum(rows, count - 1)
+    return boxes.index_select(0, source), torch.where(rows < count, scores.index_select(0, source), 0.0)
 
 
 def suppress_across_views(boxes: Tensor, scores: Tensor, max_plates: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -188,15 +188,21 @@ def verify(onnx_dir: Path, networks: Networks, seed: int = 0) -> list[Check]:
     # crop: the detector's own detections in the photo's views, its labelled plates, and no detection at all.
     views = len(letterboxed[scene.name])
     num_dets, det_boxes, det_scores = (output[:views] for output in outputs)
+    # The photo shrunk to fit the canvas gets its whole view alone (V = 1, with that view's own threshold).
+    height, width = scene.image.shape[:2]
+    fit = spec.DETECTOR_SIZE / max(height, width)
+    small = cv2.resize(scene.image, (round(width * fit), round(height * fit)), interpolation=cv2.INTER_AREA)
+    (small_views,) = sessions["preprocess"].run(None, {spec.IMAGE_INPUT: small})
     cases = {
-        f"{scene.name}, detector output": (num_dets, det_boxes, det_scores),
-        f"{scene.name}, labelled plates": detections_for(scene, max_plates, grid),
-        f"{scene.name}, no detection": (np.zeros_like(num_dets), det_boxes, det_scores),
+        f"{scene.name}, detector output": (scene.image, (num_dets, det_boxes, det_scores)),
+        f"{scene.name}, labelled plates": (scene.image, detections_for(scene, max_plates, grid)),
+        f"{scene.name}, no detection": (scene.image, (np.zeros_like(num_dets), det_boxes, det_scores)),
+        f"{scene.name} shrunk to fit, 1 view": (small, sessions["detector"].run(None, {spec.VIEWS: small_views})),
     }
     cropper = Crop(grid)
     plate_crops = None
-    for label, detections in cases.items():
-        inputs = crop_feed(scene.image, detections)
+    for label, (image, detections) in cases.items():
+        inputs = crop_feed(image, detections)
         crops = sessions["crop"].run(None, inputs)
         with torch.no_grad():
             eager = cropper(*(torch.from_numpy(value) for value in inputs.values()))
