@@ -1,22 +1,25 @@
 """Choose the served detector score thresholds on validation data, never on a set that reports them.
 
 ``python -m alpr.thresholds`` (``make thresholds``) runs the served views and detector once per validation image
-with a low score floor, then replays the crop step's merge for every pair of thresholds (whole view among tiles,
-tile) on a grid; an image that fits the canvas has the whole view alone, at the threshold that the sweep of the whole
-image alone (below) chooses.
-Each pair is scored on the validation split of the real photos (``alpr.realdata``; a plate counts as found when a
-box's centre lies inside it or their IoU is at least 0.3) and on synthetic validation scenes (IoU 0.5), and ranked by
-the lowest of the four precisions and recalls (ties: the higher real F1). Both count: the real photos are close-ups
-of 400-600 px, where plates are large; the synthetic scenes bring frames up to 1920x1080 with distant plates. The
-whole image alone (``TILE_GRID=1``) is swept as well: its only view is the whole view of the tiled run. The outcome is
-written to ``build/thresholds/`` for ``alpr/spec.py`` to adopt; nothing is changed by the sweep itself.
+with a low score floor, then replays the crop step's merge for each candidate threshold, scored on the validation
+split of the real photos (``alpr.realdata``; a plate counts as found when a box's centre lies inside it or their IoU
+is at least 0.3) and on synthetic validation scenes (IoU 0.5):
+
+- every pair (whole view among tiles, tile) on a grid, ranked by the lowest of the four precisions and recalls
+  (ties: the higher real F1). Both count: the real photos are close-ups of 400-600 px, where plates are large; the
+  synthetic scenes bring frames up to 1920x1080 with distant plates;
+- the whole view's threshold when it is alone, on the images that fit the canvas (``spec.image_views``), ranked by
+  the real photos, which all fit it;
+- with ``--tile-grid 1``, the whole image alone on every image.
+
+The outcome is written to ``build/thresholds/`` for ``alpr/spec.py`` to adopt; nothing is changed by the sweep.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,21 +106,28 @@ def _rank(row: dict) -> tuple[float, float]:
     return lowest, 2 * precision * recall / max(1e-9, precision + recall)
 
 
+def _rank_real(row: dict) -> tuple[float, float]:
+    """The real photos alone: the lower of precision and recall, then F1."""
+    precision, recall = row["precision"], row["recall"]
+    return min(precision, recall), 2 * precision * recall / max(1e-9, precision + recall)
+
+
 def _ranked(
     real: list[ViewDetections],
     synthetic: list[ViewDetections],
     tile_grid: int,
     candidates: list[tuple[float, float, float]],
+    rank: Callable[[dict], tuple[float, float]] = _rank,
 ) -> dict:
     """``candidates`` (alone, whole view among tiles, tile) scored on ``real`` (the real-photo criterion) and
-    ``synthetic`` (IoU 0.5): the first as served, the others best first by ``_rank``."""
+    ``synthetic`` (IoU 0.5): the first as served, the others best first by ``rank``."""
     rows = []
     for alone, whole, tile in tqdm(candidates, desc=f"sweep, tile grid {tile_grid}", leave=False):
         row: dict = {"alone": alone, "whole_view": whole, "tile": tile}
         row.update(precision_recall(real, tile_grid, (alone, whole, tile), realdata.found_tally()))
         row["synthetic"] = precision_recall(synthetic, tile_grid, (alone, whole, tile))
         rows.append(row)
-    served_row, rows = rows[0], sorted(rows[1:], key=_rank, reverse=True)
+    served_row, rows = rows[0], sorted(rows[1:], key=rank, reverse=True)
     return {"served": served_row, "best": rows[0], "top": rows[:10]}
 
 
@@ -125,8 +135,9 @@ def sweep(real: list[ViewDetections], synthetic: list[ViewDetections], tile_grid
     """The thresholds on ``GRID`` for ``tile_grid``, each with the others as served.
 
     With tiles: every pair (whole view among tiles, tile) on all the images (``pairs``), and the whole view's threshold
-    when alone on the images that fit the canvas, the only ones it acts on (``alone``). Without tiles: the whole view's
-    one threshold on all the images (``alone``).
+    when alone on the images that fit the canvas, the only ones it acts on (``alone``), ranked by the real photos
+    alone: they all fit the canvas, while the synthetic scenes that do would pull the threshold down to find plates
+    of 10-20 px that nothing reads. Without tiles: the whole view's one threshold on all the images (``alone``).
     """
     alone, whole, tile = spec.view_thresholds()
     alone_candidates = [(threshold, whole, tile) for threshold in (alone, *GRID)]
@@ -140,7 +151,7 @@ def sweep(real: list[ViewDetections], synthetic: list[ViewDetections], tile_grid
     return {
         "tile_grid": tile_grid,
         "pairs": _ranked(real, synthetic, tile_grid, pairs),
-        "alone": _ranked(fits(real), fits(synthetic), tile_grid, alone_candidates),
+        "alone": _ranked(fits(real), fits(synthetic), tile_grid, alone_candidates, rank=_rank_real),
         "images_alone": {"real": len(fits(real)), "synthetic": len(fits(synthetic))},
     }
 

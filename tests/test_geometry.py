@@ -9,7 +9,14 @@ import torch
 
 from alpr import spec
 from alpr.crop import Crop
-from alpr.geometry import boxes_from_letterbox, boxes_to_letterbox, crop_plates, letterbox_transform, view_windows
+from alpr.geometry import (
+    boxes_from_letterbox,
+    boxes_to_letterbox,
+    crop_plates,
+    letterbox_transform,
+    merged_plates,
+    view_windows,
+)
 from alpr.preprocess import Preprocess
 from alpr.reference import crop_reference, crop_step_reference, preprocess_reference
 from alpr.views import letterbox_layout, letterbox_views, window_corners
@@ -123,16 +130,15 @@ def test_an_image_that_fits_the_canvas_gets_the_whole_view_alone(height: int, wi
 @pytest.mark.parametrize(("height", "width", "kept"), [(480, 640, True), (1080, 1920, False)])
 def test_the_whole_view_alone_has_its_own_threshold(height: int, width: int, kept: bool) -> None:
     """A whole-view box scoring between the two thresholds is kept when the view is alone, dropped among tiles."""
-    image = photo_like(np.random.default_rng(10), height, width)
     views, k = spec.image_views(height, width), spec.MAX_PLATES
-    score = (spec.SINGLE_VIEW_CONFIDENCE + spec.WHOLE_VIEW_CONFIDENCE) / 2
-    num_dets, det_boxes = np.zeros((views, 1), np.int32), np.zeros((views, k, 4), np.float32)
-    det_scores = np.zeros((views, k), np.float32)
-    num_dets[0], det_boxes[0, 0], det_scores[0, 0] = 1, [300, 300, 360, 315], score
-    _, _, plate_scores = run_cropper(image, num_dets, det_boxes, det_scores)
-    assert (plate_scores[0] == np.float32(score)) == kept
-    expected = crop_step_reference(image, num_dets, det_boxes, det_scores)
-    assert np.abs(plate_scores - expected[2]).max() == 0
+    num_dets, det_boxes = torch.zeros((views, 1), dtype=torch.int32), torch.zeros((views, k, 4))
+    det_scores = torch.zeros((views, k))
+    num_dets[0], det_boxes[0, 0], det_scores[0, 0] = 1, torch.tensor([300.0, 300, 360, 315]), 0.7
+    alone, among_tiles = 0.6, 0.8
+    count, _, scores = merged_plates(
+        num_dets, det_boxes, det_scores, torch.tensor(height), torch.tensor(width), thresholds=(alone, among_tiles, 0.8)
+    )
+    assert int(count) == int(kept) and float(scores[0]) == (pytest.approx(0.7) if kept else 0.0)
 
 
 def test_letterbox_of_a_640_square_is_the_image_in_rgb_planes() -> None:
@@ -265,7 +271,7 @@ def test_grid_one_is_the_whole_image_alone() -> None:
     num_dets, det_boxes, det_scores = np.array([[2]], np.int32), np.zeros((1, k, 4), np.float32), np.zeros((1, k))
     det_boxes[0, :2] = [[77.5, 411.4, 108.2, 420.6], [300, 200, 400, 260]]
     det_scores = det_scores.astype(np.float32)
-    det_scores[0, :2] = [0.9, 0.6]
+    det_scores[0, :2] = [0.9, spec.SINGLE_VIEW_CONFIDENCE + 0.05]
     with torch.no_grad():
         outputs = Crop(grid=1)(*(torch.from_numpy(v) for v in (image, num_dets, det_boxes, det_scores)))
     expected = crop_step_reference(image, num_dets, det_boxes, det_scores, grid=1)

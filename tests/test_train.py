@@ -79,7 +79,10 @@ def test_a_box_keeps_its_label_through_a_window_only_where_most_of_it_shows() ->
     assert kept == [(10.0, 20.0, 50.0, 30.0), (70.0, 0.0, 100.0, 10.0)]
 
 
-def test_tile_views_show_the_plates_larger_than_the_whole_view() -> None:
+def test_tile_views_show_the_plates_larger_than_the_whole_view(monkeypatch) -> None:
+    # Frames larger than the canvas: only those get tiles, in serving as in training.
+    monkeypatch.setattr(detector_trainer, "FRAME_SIZES", ((720, 1280, 1), (1080, 1920, 1)))
+
     def plate_widths(tile_views: float) -> np.ndarray:
         _, targets = detector_trainer.TrainingTiles(detector_trainer.SceneTiles(12, 640, tile_views), None, 0.0)(
             np.random.default_rng(8)
