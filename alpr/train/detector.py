@@ -4,8 +4,9 @@ A share ``--real-share`` of the training tiles comes from the train split of the
 (``alpr.realdata``), half of them with rendered Russian plates pasted over the boxed plates, at random scales; the rest
 from synthetic scenes.
 
-Scenes are rendered at several frame sizes, letterboxed to the 640x640 detector input by the whole-image view of
-the very ``Preprocess`` that the served ``preprocess`` graph runs, and cut into square training tiles (the network
+Scenes are rendered at several frame sizes, letterboxed to the 640x640 detector input by the whole-image view that
+the served ``preprocess`` step draws (``alpr.views``, as the cpu target serves it), and cut into square training
+tiles (the network
 is fully convolutional, so a 320-pixel tile teaches the same plate scales as the full 640 input at a quarter of the
 cost, which is what makes training on a laptop CPU practical).
 ``python -m alpr.train.detector --help`` lists the options.
