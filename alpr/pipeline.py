@@ -40,8 +40,8 @@ def _finish(logits: np.ndarray, plate_boxes: np.ndarray, plate_scores: np.ndarra
 class TorchPipeline:
     """The PyTorch modules behind the served graphs, chained as the ensemble chains them.
 
-    The views are drawn by OpenCV as the cpu target draws them (``alpr.views``), or with ``opencv_views=False`` by
-    the ``Preprocess`` module that the GPU target's graph is exported from; the two differ by at most one grey level.
+    The views are drawn by OpenCV as the cpu target draws them (``alpr.views``); the ``Preprocess`` module that the
+    GPU target's graph is exported from draws the same within one grey level.
     """
 
     def __init__(
@@ -51,20 +51,15 @@ class TorchPipeline:
         lprnet,
         max_plates: int = spec.MAX_PLATES,
         tile_grid: int = spec.TILE_GRID,
-        opencv_views: bool = True,
     ) -> None:
         import torch
 
         from alpr.crop import Crop
         from alpr.detector_graph import DetectorWithNMS
-        from alpr.preprocess import Preprocess
         from alpr.views import letterbox_views
 
         self.torch = torch
-        if opencv_views:
-            self.views = lambda image: torch.from_numpy(letterbox_views(image.numpy(), tile_grid))
-        else:
-            self.views = Preprocess(tile_grid).eval()
+        self.views = lambda image: torch.from_numpy(letterbox_views(image.numpy(), tile_grid))
         self.detector = DetectorWithNMS(detector.eval(), max_detections=max_plates).eval()
         self.cropper = Crop(tile_grid).eval()
         self.stn = stn.eval()
@@ -78,13 +73,11 @@ class TorchPipeline:
         lprnet: str | Path,
         max_plates: int = spec.MAX_PLATES,
         tile_grid: int = spec.TILE_GRID,
-        opencv_views: bool = True,
     ) -> TorchPipeline:
         """Load the three checkpoints (any supported format) into a pipeline."""
         from alpr.models import load_detector, load_lprnet, load_stn
 
-        detector_net, stn_net, lprnet_net = load_detector(detector), load_stn(stn), load_lprnet(lprnet)
-        return cls(detector_net, stn_net, lprnet_net, max_plates, tile_grid, opencv_views)
+        return cls(load_detector(detector), load_stn(stn), load_lprnet(lprnet), max_plates, tile_grid)
 
     def __call__(self, image: np.ndarray) -> PlateReadings:
         """Plates of one BGR uint8 ``[H, W, 3]`` image."""
