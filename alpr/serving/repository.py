@@ -181,6 +181,11 @@ def graph_steps(max_plates: int = spec.MAX_PLATES, tile_grid: int = spec.TILE_GR
     )
 
 
+def served_code(step: Step, target: str) -> Path | None:
+    """The Python code with which ``target`` serves the graph step ``step`` instead of its graph, if any."""
+    return step.cpu_code if target == "cpu" else None
+
+
 def decoder_step() -> Step:
     """The Python step closing the pipeline: greedy CTC, plate confidence, padding rows dropped."""
     return Step(
@@ -266,7 +271,7 @@ def step_config(step: Step, target: str) -> mc.ModelConfig:
     _io(config, step)
     _scheduling(config, step.scheduling)
     group = config.instance_group.add()
-    if step.python_code or (target == "cpu" and step.cpu_code is not None):
+    if step.python_code or served_code(step, target) is not None:
         config.backend = spec.PYTHON_BACKEND
         group.kind = mc.ModelInstanceGroup.KIND_CPU
         group.count = step.scheduling.cpu_instances
@@ -380,8 +385,9 @@ def repository_files(target: str, max_plates: int = spec.MAX_PLATES, tile_grid: 
     for step, source in python_steps():
         files[f"{step.name}/{spec.MODEL_VERSION}/model.py"] = source.read_text()
     for step in graph_steps(max_plates, tile_grid):
-        if step.cpu_code is not None and target == "cpu":
-            files[f"{step.name}/{spec.MODEL_VERSION}/model.py"] = step.cpu_code.read_text()
+        code = served_code(step, target)
+        if code is not None:
+            files[f"{step.name}/{spec.MODEL_VERSION}/model.py"] = code.read_text()
     return files
 
 
@@ -416,7 +422,7 @@ def write_repository(
     for step in graph_steps(max_plates, tile_grid):
         version_dir = out / step.name / spec.MODEL_VERSION
         version_dir.mkdir(parents=True, exist_ok=True)
-        if step.cpu_code is not None and target == "cpu":
+        if served_code(step, target) is not None:
             (version_dir / model_file_name(target)).unlink(missing_ok=True)  # served by its Python code
         elif models_dir is not None:
             source = Path(models_dir) / f"{step.name}.onnx"
