@@ -72,6 +72,39 @@ def test_detector_trainer_runs_resumes_and_writes_loadable_weights(tmp_path) -> 
     assert trained(torch.zeros(1, 3, 640, 640)).shape == (1, 25200, 6)
 
 
+def test_the_weight_average_follows_the_weights_and_is_what_the_trainer_writes(tmp_path) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    average = common.WeightAverage(model, decay=0.9, ramp=1e-9)  # no ramp: the decay is 0.9 from the first step
+    start = [value.clone() for value in average.model.state_dict().values()]
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    model[1].num_batches_tracked += 5
+    average.update(model, step=1)
+    weight = average.model[0].weight
+    assert torch.allclose(weight, start[0] + 0.1) and not weight.requires_grad
+    assert int(average.model[1].num_batches_tracked) == 5  # counters are copied, not averaged
+
+    # The trainer writes the average, keeps it in last.pt and resumes it, also from a checkpoint without one.
+    args = detector_trainer.parse_args(
+        ["--iterations", "2", "--batch-size", "2", "--tile-size", "128", "--workers", "0", "--save-every", "1",
+         "--warmup", "1", "--ema-decay", "0.5", "--run-dir", str(tmp_path / "run"),
+         "--output", str(tmp_path / "detector.pt")]
+    )  # fmt: skip
+    detector_trainer.train(args)
+    payload = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
+    written = load_detector(tmp_path / "detector.pt").state_dict()
+    for key, value in payload["models"]["average"].items():
+        assert torch.allclose(written[key].float(), value.float(), atol=1e-2, rtol=1e-2), key  # written in fp16
+    assert any(
+        not torch.equal(value, payload["models"]["detector"][key])
+        for key, value in payload["models"]["average"].items()
+    )
+    del payload["models"]["average"]
+    torch.save(payload, tmp_path / "run" / "last.pt")
+    args.iterations, args.resume = 3, True
+    assert detector_trainer.train(args)["iterations"] == 3
+
+
 def test_a_box_keeps_its_label_through_a_window_only_where_most_of_it_shows() -> None:
     boxes = np.array([[110.0, 120.0, 150.0, 130.0], [190.0, 100.0, 230.0, 110.0], [170.0, 100.0, 210.0, 110.0]])
     kept = detector_trainer.visible_boxes(boxes, (100.0, 100.0, 200.0, 200.0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -53,14 +54,44 @@ def save_training_checkpoint(
 
 
 def load_training_checkpoint(
-    path: Path, models: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer
+    path: Path,
+    models: dict[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
+    optional: tuple[str, ...] = (),
 ) -> TrainState:
-    """Restore what ``save_training_checkpoint`` wrote."""
+    """Restore what ``save_training_checkpoint`` wrote; the ``optional`` models keep their state where it holds none."""
     payload = torch.load(path, map_location="cpu", weights_only=False)
     for name, model in models.items():
+        if name in optional and name not in payload["models"]:
+            continue
         model.load_state_dict(payload["models"][name])
     optimizer.load_state_dict(payload["optimizer"])
     return TrainState(**payload["state"])
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights and batch-norm statistics, taken after every step (as
+    YOLOv5 trains): it averages out the last steps' noise, which a batch of 16 tiles leaves large.
+
+    The decay ramps up from 0 over about ``ramp`` steps, so that the average soon leaves the starting weights.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float, ramp: float = 200.0) -> None:
+        self.model = copy.deepcopy(model).eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.decay = decay
+        self.ramp = ramp
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        """Fold ``model`` in after optimiser step ``step`` (1-based)."""
+        decay = self.decay * (1 - math.exp(-step / self.ramp))
+        for average, current in zip(self.model.state_dict().values(), model.state_dict().values(), strict=True):
+            if average.dtype.is_floating_point:
+                average.mul_(decay).add_(current.detach(), alpha=1 - decay)
+            else:
+                average.copy_(current)
 
 
 class _StreamDataset(torch.utils.data.IterableDataset):

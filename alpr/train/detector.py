@@ -31,6 +31,7 @@ from alpr.train.common import (
     Schedule,
     Throughput,
     TrainState,
+    WeightAverage,
     load_training_checkpoint,
     pick_device,
     save_training_checkpoint,
@@ -246,9 +247,11 @@ def train(args: argparse.Namespace) -> dict:
     )
     run_dir = Path(args.run_dir)
     checkpoint = run_dir / "last.pt"
+    average = WeightAverage(model, args.ema_decay) if args.ema_decay > 0 else None
+    models = {"detector": model, **({"average": average.model} if average else {})}
     state = TrainState()
     if args.resume and checkpoint.exists():
-        state = load_training_checkpoint(checkpoint, {"detector": model}, optimizer)
+        state = load_training_checkpoint(checkpoint, models, optimizer, optional=("average",))
         print(f"resumed from {checkpoint} at iteration {state.iteration}")
 
     scenes = SceneTiles(args.batch_size, args.tile_size, args.tile_views, args.max_distractors)
@@ -271,6 +274,8 @@ def train(args: argparse.Namespace) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
         state.iteration += 1
+        if average is not None:
+            average.update(model, state.iteration)
         step_loss = float(loss.detach())
         for key, value in {**parts, "loss": step_loss / args.batch_size}.items():
             smoothed[key] = value if key not in smoothed else 0.95 * smoothed[key] + 0.05 * value
@@ -283,14 +288,15 @@ def train(args: argparse.Namespace) -> dict:
         if state.iteration % args.log_every == 0:
             state.history.append({"iteration": state.iteration, "lr": lr, **smoothed})
         if state.iteration % args.save_every == 0:
-            save_training_checkpoint(checkpoint, {"detector": model}, optimizer, state)
+            save_training_checkpoint(checkpoint, models, optimizer, state)
     if state.iteration % args.save_every:  # the last step's checkpoint, unless just written
-        save_training_checkpoint(checkpoint, {"detector": model}, optimizer, state)
+        save_training_checkpoint(checkpoint, models, optimizer, state)
     progress.close()
 
-    model.eval()
+    # The weight average, where one was kept, is the run's result; the last step's weights stay in last.pt.
+    trained = average.model if average is not None else model.eval()
     save_checkpoint(
-        model.cpu(),
+        trained.cpu(),
         Path(args.output),
         arch=f"yolov5{args.scale}",
         half=True,
@@ -309,6 +315,7 @@ def train(args: argparse.Namespace) -> dict:
         "tile_views": args.tile_views,
         "max_distractors": args.max_distractors,
         "real_share": args.real_share,
+        "ema_decay": args.ema_decay,
         "real_training_photos": len(real.photos) if real is not None else 0,
         "final_losses": smoothed,
         "weights": str(args.output),
@@ -334,6 +341,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--output", default=str(paths.default_weights("detector")), help="final weights")
     parser.add_argument("--init", help="start from these weights (e.g. the committed defaults) instead of at random")
+    parser.add_argument(
+        "--ema-decay", type=float, default=0.0, metavar="DECAY",
+        help="write a moving average of the weights, this decay per step (e.g. 0.998), instead of the last step's",
+    )  # fmt: skip
     parser.add_argument("--save-every", type=int, default=50)
     parser.add_argument("--log-every", type=int, default=25)
     return parser.parse_args(argv)
