@@ -192,18 +192,28 @@ def evaluate_without_camera(pipeline: TorchPipeline, count: int) -> dict:
     return {"recogniser_on_true_boxes": recogniser.summary()}
 
 
-def evaluate_real_split(pipeline: TorchPipeline, split: str = "test") -> dict | None:
-    """The detector, as served, on the real labelled photos of ``split``: found plates and false boxes per photo
-    (centre inside or IoU 0.3), and precision, recall and AP at IoU 0.5."""
+def evaluate_real_split(pipeline: TorchPipeline, split: str = "test", layout: str = "photos") -> dict | None:
+    """The detector, as served, on the real labelled photos of ``split`` laid out as ``layout``
+    (``realdata.LAYOUTS``): found plates and false boxes per image (centre inside or IoU 0.3), and precision, recall
+    and AP at IoU 0.5."""
     photos = realdata.real_photos(split)
     if not photos:
         return None
     found, strict = realdata.found_tally(), DetectionTally()
-    for photo in tqdm(photos, desc=f"real {split}"):
-        readings = pipeline(realdata.read_photo(photo.path))
+    images = 0
+    for image, boxes in tqdm(realdata.samples(split, layout), desc=f"real {split}, {layout}"):
+        readings = pipeline(image)
+        images += 1
         for tally in (found, strict):
-            tally.add(readings.boxes, readings.det_scores, photo.boxes)
-    return {"split": split, "photos": len(photos), "found": found.summary(), "iou50": strict.summary()}
+            tally.add(readings.boxes, readings.det_scores, boxes)
+    return {
+        "split": split,
+        "layout": layout,
+        "photos": len(photos),
+        "images": images,
+        "found": found.summary(),
+        "iou50": strict.summary(),
+    }
 
 
 def evaluate_real(pipeline: TorchPipeline, published: TorchPipeline | None, real_dir: Path) -> dict | None:
@@ -276,6 +286,25 @@ def markdown(report: dict) -> str:
             f"| detector AP@0.5 | {strict['map50']:.3f} |",
             "",
         ]
+    camera_sizes = [entry for entry in report.get("real_test_camera_sizes") or [] if entry]
+    if camera_sizes:
+        lines += [
+            "The same photos at camera sizes, where tiles come in: each enlarged to"
+            f" {realdata.ENLARGED_SIDE} px, and {realdata.FRAME_GRID**2} to a"
+            f" {realdata.FRAME_SIZE[1]}x{realdata.FRAME_SIZE[0]} frame",
+            "",
+            "| layout | images | plates found | false boxes per image | precision (IoU 0.5) | recall (IoU 0.5)"
+            " | AP@0.5 |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for entry in camera_sizes:
+            found, strict = entry["found"], entry["iou50"]
+            lines.append(
+                f"| {entry['layout']} | {entry['images']} | {found['recall']:.3f} |"
+                f" {found['false_boxes_per_image']:.3f} | {strict['precision']:.3f} | {strict['recall']:.3f} |"
+                f" {strict['map50']:.3f} |"
+            )
+        lines.append("")
     lines += [
         f"Held-out synthetic set: {held['scenes']} scenes (seed {held['seed']}), {det['plates']} plates",
         "",
@@ -387,6 +416,9 @@ def main(argv: list[str] | None = None) -> dict:
         "weights": {"detector": args.detector_weights, "stn": args.stn_weights, "lprnet": args.lprnet_weights},
         "tile_grid": args.tile_grid,
         "real_test_split": evaluate_real_split(pipeline),
+        "real_test_camera_sizes": [
+            evaluate_real_split(pipeline, layout=layout) for layout in realdata.LAYOUTS if layout != "photos"
+        ],
         "heldout": evaluate_heldout(pipeline, args.scenes),
         "heldout_without_camera_effects": evaluate_without_camera(pipeline, args.scenes),
         "real": evaluate_real(pipeline, published, paths.shared_dir() / "real"),

@@ -13,12 +13,24 @@ its ``valid`` folder and N % 10 == 5; everything else is ``train``. Training nev
 
 The plates are from many countries and few, if any, are Russian. The training tiles therefore also paste rendered
 Russian plates over a share of the boxed plates: the box gives the place, the size and the lighting.
+
+Every labelled photo is 400-650 px on its long side, so it fits the detector's canvas and is seen whole, alone. Camera
+images are larger (1280 px photos, 1080p video) and take the tiled path instead: the whole view among tiles, each with
+its own threshold. ``samples`` therefore also lays a split's photos out at camera sizes (``LAYOUTS``):
+
+* ``1280``: each photo enlarged to 1280 px on its long side, a close-up photo (plates about 75-375 px wide);
+* ``1080p``: four photos to a 1920x1080 frame, each enlarged to fill its quarter (plates about 40-220 px wide, as in
+  dash-cam frames), so that a plate's surroundings are other scenes at other places in the frame.
+
+Both are enlargements, softer than a camera's own pixels: they put real scenes through the tiled views and their
+thresholds, they do not stand in for a sharper sensor.
 """
 
 from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -44,6 +56,12 @@ CC0_TEST_REMAINDER = 0
 
 # A box finds a real plate when its centre lies inside the plate's box or their IoU reaches this, as users count.
 FOUND_IOU = 0.3
+# The camera-size layouts of ``samples``: the photos as they are, each enlarged to a 1280 px photo, four to a
+# 1920x1080 frame.
+LAYOUTS = ("photos", "1280", "1080p")
+ENLARGED_SIDE = 1280
+FRAME_SIZE = (1080, 1920)  # height, width
+FRAME_GRID = 2  # photos per frame side
 # Boxes whose width / height admits a pasted type-1 plate (4.64) without gross distortion.
 PASTE_ASPECTS = (2.8, 7.0)
 
@@ -117,6 +135,48 @@ def real_photos(split: str, root: Path | None = None) -> list[RealPhoto]:
     if (root / CCBY_SET).is_dir():
         photos += _ccby_photos(root / CCBY_SET, split)
     return photos
+
+
+def samples(split: str, layout: str = "photos") -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The photos of ``split`` as ``(BGR image, plate boxes [N, 4])`` in one of the ``LAYOUTS`` (module docstring)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+    photos = real_photos(split)
+    if layout == "photos":
+        for photo in photos:
+            yield read_photo(photo.path), photo.boxes
+    elif layout == "1280":
+        for photo in photos:
+            image = read_photo(photo.path)
+            yield (
+                _enlarged(image, ENLARGED_SIDE / max(image.shape[:2])),
+                photo.boxes * (ENLARGED_SIDE / max(image.shape[:2])),
+            )
+    else:
+        per_frame = FRAME_GRID * FRAME_GRID
+        for first in range(0, len(photos), per_frame):
+            yield _frame(photos[first : first + per_frame])
+
+
+def _enlarged(image: np.ndarray, scale: float) -> np.ndarray:
+    return cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+
+
+def _frame(photos: list[RealPhoto]) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``FRAME_GRID`` squared photos in one ``FRAME_SIZE`` frame, each enlarged to fill its cell and centred
+    in it (the rest grey, like a letterbox), with all their plate boxes."""
+    frame = np.full((*FRAME_SIZE, 3), 114, np.uint8)
+    cell_height, cell_width = FRAME_SIZE[0] // FRAME_GRID, FRAME_SIZE[1] // FRAME_GRID
+    boxes = [np.zeros((0, 4))]
+    for index, photo in enumerate(photos):
+        image = read_photo(photo.path)
+        scale = min(cell_width / image.shape[1], cell_height / image.shape[0])
+        image = _enlarged(image, scale)[:cell_height, :cell_width]
+        top = (index // FRAME_GRID) * cell_height + (cell_height - image.shape[0]) // 2
+        left = (index % FRAME_GRID) * cell_width + (cell_width - image.shape[1]) // 2
+        frame[top : top + image.shape[0], left : left + image.shape[1]] = image
+        boxes.append(photo.boxes * scale + [left, top, left, top])
+    return frame, np.concatenate(boxes)
 
 
 def found_tally() -> DetectionTally:

@@ -1,16 +1,17 @@
 """Choose the served detector score thresholds on validation data, never on a set that reports them.
 
 ``python -m alpr.thresholds`` (``make thresholds``) runs the served views and detector once per validation image
-with a low score floor, then replays the crop step's merge for each candidate threshold, scored on the validation
-split of the real photos (``alpr.realdata``; a plate counts as found when a box's centre lies inside it or their IoU
-is at least 0.3) and on synthetic validation scenes (IoU 0.5):
+with a low score floor, then replays the crop step's merge for each candidate threshold. The thresholds are ranked
+on the validation split of the real photos only (``alpr.realdata``; a plate counts as found when a box's centre lies
+inside it or their IoU is at least 0.3), laid out as they are and at camera sizes (``realdata.LAYOUTS``). Synthetic
+validation scenes (IoU 0.5) are scored beside, as a regression check, and rank nothing:
 
-- every pair (whole view among tiles, tile) on a grid, ranked by the lowest of the four precisions and recalls
-  (ties: the higher real F1). Both count: the real photos are close-ups of 400-600 px, where plates are large; the
-  synthetic scenes bring frames up to 1920x1080 with distant plates;
+- every pair (whole view among tiles, tile) on a grid, ranked by the lowest precision or recall on the photos
+  enlarged to 1280 px and on the 1920x1080 frames of four photos (ties: the higher mean F1): those are the images
+  that get tiles, where the photos as they are never do;
 - the whole view's threshold when it is alone, on the images that fit the canvas (``spec.image_views``), ranked by
-  the real photos, which all fit it;
-- with ``--tile-grid 1``, the whole image alone on every image.
+  the photos as they are, which all fit it;
+- with ``--tile-grid 1``, the whole image alone on every image, ranked by all three layouts.
 
 The outcome is written to ``build/thresholds/`` for ``alpr/spec.py`` to adopt; nothing is changed by the sweep.
 """
@@ -40,6 +41,9 @@ VALIDATION_SEED = 4242
 VALIDATION_COUNT = 300
 SCORE_FLOOR = 0.1
 GRID = tuple(round(t, 2) for t in np.arange(0.15, 0.96, 0.05))
+# The real layouts whose images are larger than the canvas and so get tiles: they rank the pair of thresholds.
+CAMERA_LAYOUTS = ("1280", "1080p")
+LAYOUT_NAMES = {"photos": "real photos", "1280": "real at 1280 px", "1080p": "real 1080p frames"}
 
 
 @dataclass
@@ -73,12 +77,6 @@ def synthetic_samples(seed: int, count: int) -> Iterable[tuple[np.ndarray, np.nd
         yield scene.image, np.array([p.box_xyxy for p in scene.plates], dtype=np.float64).reshape(-1, 4)
 
 
-def real_samples(split: str = "validation") -> Iterable[tuple[np.ndarray, np.ndarray]]:
-    """The real labelled photos of ``split`` with their plate boxes."""
-    for photo in realdata.real_photos(split):
-        yield realdata.read_photo(photo.path), photo.boxes
-
-
 def precision_recall(
     detections: list[ViewDetections],
     tile_grid: int,
@@ -98,46 +96,49 @@ def precision_recall(
     return tally.summary()
 
 
-def _rank(row: dict) -> tuple[float, float]:
-    """Both data sets must hold: the lowest of real precision and recall and synthetic precision and recall first,
-    then the real F1."""
-    precision, recall, synthetic = row["precision"], row["recall"], row["synthetic"]
-    lowest = min(precision, recall, synthetic["precision"], synthetic["recall"])
-    return lowest, 2 * precision * recall / max(1e-9, precision + recall)
+def _rank_by(layouts: tuple[str, ...]) -> Callable[[dict], tuple[float, float]]:
+    """Rank a row by the lowest real precision or recall over ``layouts``, then by their mean F1."""
 
+    def rank(row: dict) -> tuple[float, float]:
+        scores = [row["real"][layout] for layout in layouts]
+        lowest = min(min(score["precision"], score["recall"]) for score in scores)
+        f1 = [2 * s["precision"] * s["recall"] / max(1e-9, s["precision"] + s["recall"]) for s in scores]
+        return lowest, sum(f1) / len(f1)
 
-def _rank_real(row: dict) -> tuple[float, float]:
-    """The real photos alone: the lower of precision and recall, then F1."""
-    precision, recall = row["precision"], row["recall"]
-    return min(precision, recall), 2 * precision * recall / max(1e-9, precision + recall)
+    return rank
 
 
 def _ranked(
-    real: list[ViewDetections],
+    real: dict[str, list[ViewDetections]],
     synthetic: list[ViewDetections],
     tile_grid: int,
     candidates: list[tuple[float, float, float]],
-    rank: Callable[[dict], tuple[float, float]] = _rank,
 ) -> dict:
-    """``candidates`` (alone, whole view among tiles, tile) scored on ``real`` (the real-photo criterion) and
-    ``synthetic`` (IoU 0.5): the first as served, the others best first by ``rank``."""
+    """``candidates`` (alone, whole view among tiles, tile) scored on each real layout of ``real`` (the real-photo
+    criterion), which rank them, and on ``synthetic`` (IoU 0.5), which is reported beside: the first as served, the
+    others best first."""
     rows = []
-    for alone, whole, tile in tqdm(candidates, desc=f"sweep, tile grid {tile_grid}", leave=False):
-        row: dict = {"alone": alone, "whole_view": whole, "tile": tile}
-        row.update(precision_recall(real, tile_grid, (alone, whole, tile), realdata.found_tally()))
-        row["synthetic"] = precision_recall(synthetic, tile_grid, (alone, whole, tile))
+    for thresholds in tqdm(candidates, desc=f"sweep, tile grid {tile_grid}", leave=False):
+        row: dict = dict(zip(("alone", "whole_view", "tile"), thresholds, strict=True))
+        row["real"] = {
+            layout: precision_recall(detections, tile_grid, thresholds, realdata.found_tally())
+            for layout, detections in real.items()
+        }
+        row["synthetic"] = precision_recall(synthetic, tile_grid, thresholds)
         rows.append(row)
-    served_row, rows = rows[0], sorted(rows[1:], key=rank, reverse=True)
-    return {"served": served_row, "best": rows[0], "top": rows[:10]}
+    served_row, rows = rows[0], sorted(rows[1:], key=_rank_by(tuple(real)), reverse=True)
+    return {"ranked_by": list(real), "served": served_row, "best": rows[0], "top": rows[:10]}
 
 
-def sweep(real: list[ViewDetections], synthetic: list[ViewDetections], tile_grid: int) -> dict:
-    """The thresholds on ``GRID`` for ``tile_grid``, each with the others as served.
+def sweep(real: dict[str, list[ViewDetections]], synthetic: list[ViewDetections], tile_grid: int) -> dict:
+    """The thresholds on ``GRID`` for ``tile_grid``, each with the others as served, ranked on real photos only.
 
-    With tiles: every pair (whole view among tiles, tile) on all the images (``pairs``), and the whole view's threshold
-    when alone on the images that fit the canvas, the only ones it acts on (``alone``), ranked by the real photos
-    alone: they all fit the canvas, while the synthetic scenes that do would pull the threshold down to find plates
-    of 10-20 px that nothing reads. Without tiles: the whole view's one threshold on all the images (``alone``).
+    ``real`` holds the validation photos in each of ``realdata.LAYOUTS``. With tiles: every pair (whole view among
+    tiles, tile), ranked by the camera-size layouts (``CAMERA_LAYOUTS``), whose images all get tiles (``pairs``);
+    and the whole view's threshold when alone, on the images that fit the canvas, the only ones it acts on,
+    ranked by the photos as they are, which all fit it (``alone``). Without tiles: the whole view's one threshold on
+    all the images, ranked by every layout (``alone``). The synthetic scenes are reported beside, never ranked: the
+    detector's scores on rendered plates are not those on real ones.
     """
     alone, whole, tile = spec.view_thresholds()
     alone_candidates = [(threshold, whole, tile) for threshold in (alone, *GRID)]
@@ -148,11 +149,13 @@ def sweep(real: list[ViewDetections], synthetic: list[ViewDetections], tile_grid
         return [d for d in detections if spec.image_views(d.height, d.width, tile_grid) == 1]
 
     pairs = [(alone, *pair) for pair in [(whole, tile), *itertools.product(GRID, GRID)]]
+    camera = {layout: real[layout] for layout in CAMERA_LAYOUTS}
+    photos = fits(real["photos"])
     return {
         "tile_grid": tile_grid,
-        "pairs": _ranked(real, synthetic, tile_grid, pairs),
-        "alone": _ranked(fits(real), fits(synthetic), tile_grid, alone_candidates, rank=_rank_real),
-        "images_alone": {"real": len(fits(real)), "synthetic": len(fits(synthetic))},
+        "pairs": _ranked(camera, synthetic, tile_grid, pairs),
+        "alone": _ranked({"photos": photos}, fits(synthetic), tile_grid, alone_candidates),
+        "images_alone": {"real": len(photos), "synthetic": len(fits(synthetic))},
     }
 
 
@@ -160,14 +163,16 @@ def markdown(report: dict) -> str:
     """The served and the best thresholds of each sweep, with the runners-up."""
     lines = [
         f"Real validation photos: {report['real_photos']} (a plate is found by a box whose centre lies inside it or"
-        f" whose IoU reaches {realdata.FOUND_IOU}); synthetic validation scenes: {report['scenes']} (seed"
-        f" {report['seed']}, IoU 0.5); score floor {SCORE_FLOOR}. An image gets tiles only when its long side exceeds"
-        f" {spec.TILES_ABOVE_SIDE} px; otherwise its whole view is alone.",
+        f" whose IoU reaches {realdata.FOUND_IOU}), as they are, each enlarged to {realdata.ENLARGED_SIDE} px, and"
+        f" {realdata.FRAME_GRID**2} to a {realdata.FRAME_SIZE[1]}x{realdata.FRAME_SIZE[0]} frame; synthetic"
+        f" validation scenes: {report['scenes']} (seed {report['seed']}, IoU 0.5, reported, never ranked); score floor"
+        f" {SCORE_FLOOR}. An image gets tiles only when its long side exceeds {spec.TILES_ABOVE_SIDE} px; otherwise"
+        " its whole view is alone.",
         "",
     ]
     for result in report["sweeps"]:
         grid = result["tile_grid"]
-        tables = [("pairs", "the pair (whole view among tiles, tile), on all the images")] if grid > 1 else []
+        tables = [("pairs", "the pair (whole view among tiles, tile)")] if grid > 1 else []
         alone_images = result.get("images_alone")
         where = (
             f"the images that fit the canvas ({alone_images['real']} real, {alone_images['synthetic']} synthetic)"
@@ -176,19 +181,26 @@ def markdown(report: dict) -> str:
         )
         tables.append(("alone", f"the whole view's threshold when alone, on {where}"))
         for key, title in tables:
+            layouts = result[key]["ranked_by"]
+            names = ", ".join(LAYOUT_NAMES[layout] for layout in layouts)
+            header = "".join(
+                f" {LAYOUT_NAMES[layout]}: precision | recall | false boxes per image |" for layout in layouts
+            )
             lines += [
-                f"Tile grid {grid}, {title}:",
+                f"Tile grid {grid}, {title}, ranked by the lowest precision or recall on {names}:",
                 "",
-                "| | alone | whole view among tiles | tile | real precision | real recall | false boxes per photo"
-                " | synthetic precision | synthetic recall |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+                f"| | alone | whole view among tiles | tile |{header} synthetic precision | synthetic recall |",
+                "| --- " * (6 + 3 * len(layouts)) + "|",
             ]
             for name, row in [("served", result[key]["served"]), *(("", row) for row in result[key]["top"])]:
-                synthetic = row["synthetic"]
+                real = "".join(
+                    f" {row['real'][layout]['precision']:.3f} | {row['real'][layout]['recall']:.3f} |"
+                    f" {row['real'][layout]['false_boxes_per_image']:.3f} |"
+                    for layout in layouts
+                )
                 lines.append(
-                    f"| {name} | {row['alone']:.2f} | {row['whole_view']:.2f} | {row['tile']:.2f} |"
-                    f" {row['precision']:.3f} | {row['recall']:.3f} | {row['false_boxes_per_image']:.3f} |"
-                    f" {synthetic['precision']:.3f} | {synthetic['recall']:.3f} |"
+                    f"| {name} | {row['alone']:.2f} | {row['whole_view']:.2f} | {row['tile']:.2f} |{real}"
+                    f" {row['synthetic']['precision']:.3f} | {row['synthetic']['recall']:.3f} |"
                 )
             lines.append("")
     return "\n".join(lines)
@@ -208,7 +220,12 @@ def main(argv: list[str] | None = None) -> dict:
     if not photos:
         parser.error(f"no real validation photos under {realdata.realtrain_dir()}: thresholds are chosen on them")
 
-    real = detect_views(args.detector_weights, real_samples("validation"), args.tile_grid, "real validation")
+    real = {
+        layout: detect_views(
+            args.detector_weights, realdata.samples("validation", layout), args.tile_grid, f"real validation, {layout}"
+        )
+        for layout in realdata.LAYOUTS
+    }
     synthetic = detect_views(
         args.detector_weights, synthetic_samples(args.seed, args.scenes), args.tile_grid, "synthetic validation"
     )

@@ -6,11 +6,20 @@ import numpy as np
 import pytest
 from conftest import committed_weights_present
 
-from alpr import paths, spec
+from alpr import paths, realdata, spec
 from alpr.metrics import DetectionTally
 from alpr.pipeline import TorchPipeline
 from alpr.synth.dataset import HELDOUT_SEED, MIXED_SIZES, iter_scenes
-from alpr.thresholds import VALIDATION_SEED, detect_views, main, precision_recall, sweep, synthetic_samples
+from alpr.thresholds import (
+    CAMERA_LAYOUTS,
+    VALIDATION_SEED,
+    detect_views,
+    main,
+    markdown,
+    precision_recall,
+    sweep,
+    synthetic_samples,
+)
 
 SCENES = 6
 
@@ -40,24 +49,50 @@ def test_the_sweep_at_the_served_thresholds_measures_what_the_pipeline_answers(d
         assert replayed[key] == pytest.approx(served.summary()[key]), key
 
 
-def test_the_best_thresholds_are_ranked_first_by_the_lowest_precision_or_recall(detections) -> None:
-    # The same detections stand in for the real photos here (counted by the real-photo criterion): the ranking is
-    # what is tested.
-    result = sweep(detections, detections, spec.TILE_GRID)
-    lower = [
-        min(row["precision"], row["recall"], row["synthetic"]["precision"], row["synthetic"]["recall"])
-        for row in result["pairs"]["top"]
-    ]
-    assert lower == sorted(lower, reverse=True)
-    # The whole view alone acts on the images that fit the canvas, which the real photos rank.
-    lower_real = [min(row["precision"], row["recall"]) for row in result["alone"]["top"]]
-    assert lower_real == sorted(lower_real, reverse=True)
+def test_the_best_thresholds_are_ranked_first_by_the_lowest_real_precision_or_recall(detections) -> None:
+    # The same detections stand in for the real photos in every layout here (counted by the real-photo criterion):
+    # the ranking is what is tested.
+    result = sweep({layout: detections for layout in realdata.LAYOUTS}, detections, spec.TILE_GRID)
+
+    def lowest(row: dict, layouts: list[str]) -> float:
+        return min(min(row["real"][layout]["precision"], row["real"][layout]["recall"]) for layout in layouts)
+
+    # The pair acts on the images that get tiles, which the camera-size layouts rank; the whole view alone acts on
+    # the images that fit the canvas, which the photos as they are rank. The synthetic scenes rank neither.
+    assert result["pairs"]["ranked_by"] == list(CAMERA_LAYOUTS)
+    assert result["alone"]["ranked_by"] == ["photos"]
     for key in ("pairs", "alone"):
+        layouts = result[key]["ranked_by"]
+        lower = [lowest(row, layouts) for row in result[key]["top"]]
+        assert lower == sorted(lower, reverse=True)
         assert result[key]["best"] == result[key]["top"][0]
+        assert "synthetic" in result[key]["best"]
     # The whole view's threshold when alone is scored on the images that fit the canvas (640x480), and only there.
     fitting = [d for d in detections if max(d.height, d.width) <= spec.TILES_ABOVE_SIDE]
     assert result["images_alone"]["synthetic"] == len(fitting) > 0
-    assert result["alone"]["served"]["plates"] == sum(len(d.truth) for d in fitting)
+    assert result["alone"]["served"]["real"]["photos"]["plates"] == sum(len(d.truth) for d in fitting)
+    assert (
+        markdown({"real_photos": 1, "scenes": SCENES, "seed": VALIDATION_SEED, "sweeps": [result]}).count("| served |")
+        == 2
+    )
+
+
+def test_the_camera_size_layouts_hold_every_photo_and_plate_of_the_split() -> None:
+    photos = realdata.real_photos("validation")
+    if not photos:
+        pytest.skip("real labelled photos absent")
+    plates = sum(len(photo.boxes) for photo in photos)
+    enlarged = list(realdata.samples("validation", "1280"))
+    frames = list(realdata.samples("validation", "1080p"))
+    assert len(enlarged) == len(photos) and len(frames) == -(-len(photos) // realdata.FRAME_GRID**2)
+    assert {max(image.shape[:2]) for image, _ in enlarged} == {realdata.ENLARGED_SIDE}
+    assert {image.shape[:2] for image, _ in frames} == {realdata.FRAME_SIZE}
+    for layout in (enlarged, frames):
+        assert sum(len(boxes) for _, boxes in layout) == plates
+        for image, boxes in layout:  # every box lies in its image: tiles and the whole view see it all
+            assert spec.image_views(*image.shape[:2]) > 1
+            assert (boxes[:, :2] >= -1).all() and (boxes[:, 2] <= image.shape[1] + 1).all()
+            assert (boxes[:, 3] <= image.shape[0] + 1).all()
 
 
 def test_the_held_out_seed_is_refused() -> None:
