@@ -416,9 +416,7 @@ def main(argv: list[str] | None = None) -> dict:
         "weights": {"detector": args.detector_weights, "stn": args.stn_weights, "lprnet": args.lprnet_weights},
         "tile_grid": args.tile_grid,
         "real_test_split": evaluate_real_split(pipeline),
-        "real_test_camera_sizes": [
-            evaluate_real_split(pipeline, layout=layout) for layout in realdata.LAYOUTS if layout != "photos"
-        ],
+        "real_test_camera_sizes": [evaluate_real_split(pipeline, layout=layout) for layout in realdata.CAMERA_LAYOUTS],
         "heldout": evaluate_heldout(pipeline, args.scenes),
         "heldout_without_camera_effects": evaluate_without_camera(pipeline, args.scenes),
         "real": evaluate_real(pipeline, published, paths.shared_dir() / "real"),

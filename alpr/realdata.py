@@ -18,9 +18,10 @@ Every labelled photo is 400-650 px on its long side, so it fits the detector's c
 images are larger (1280 px photos, 1080p video) and take the tiled path instead: the whole view among tiles, each with
 its own threshold. ``samples`` therefore also lays a split's photos out at camera sizes (``LAYOUTS``):
 
-* ``1280``: each photo enlarged to 1280 px on its long side, a close-up photo (plates about 75-375 px wide);
-* ``1080p``: four photos to a 1920x1080 frame, each enlarged to fill its quarter (plates about 40-220 px wide, as in
-  dash-cam frames), so that a plate's surroundings are other scenes at other places in the frame.
+* ``1280``: each photo enlarged to 1280 px on its long side, a close-up photo (validation plates then 40-440 px wide,
+  median 200);
+* ``1080p``: four photos to a 1920x1080 frame, each enlarged to fill its quarter (plates 20-280 px wide, median 90, as
+  in dash-cam frames), so that a plate's surroundings are other scenes at other places in the frame.
 
 Both are enlargements, softer than a camera's own pixels: they put real scenes through the tiled views and their
 thresholds, they do not stand in for a sharper sensor.
@@ -39,7 +40,7 @@ from typing import cast
 import cv2
 import numpy as np
 
-from alpr import paths
+from alpr import paths, spec
 from alpr.metrics import DetectionTally
 from alpr.synth.plates import PLATE_HEIGHT_MM, PLATE_WIDTH_MM, random_plate
 from alpr.synth.scenes import paste_plate
@@ -59,6 +60,8 @@ FOUND_IOU = 0.3
 # The camera-size layouts of ``samples``: the photos as they are, each enlarged to a 1280 px photo, four to a
 # 1920x1080 frame.
 LAYOUTS = ("photos", "1280", "1080p")
+# Those whose images are larger than the detector's canvas, and so get tiles.
+CAMERA_LAYOUTS = ("1280", "1080p")
 ENLARGED_SIDE = 1280
 FRAME_SIZE = (1080, 1920)  # height, width
 FRAME_GRID = 2  # photos per frame side
@@ -148,10 +151,8 @@ def samples(split: str, layout: str = "photos") -> Iterator[tuple[np.ndarray, np
     elif layout == "1280":
         for photo in photos:
             image = read_photo(photo.path)
-            yield (
-                _enlarged(image, ENLARGED_SIDE / max(image.shape[:2])),
-                photo.boxes * (ENLARGED_SIDE / max(image.shape[:2])),
-            )
+            scale = ENLARGED_SIDE / max(image.shape[:2])
+            yield _enlarged(image, scale), photo.boxes * scale
     else:
         per_frame = FRAME_GRID * FRAME_GRID
         for first in range(0, len(photos), per_frame):
@@ -165,7 +166,7 @@ def _enlarged(image: np.ndarray, scale: float) -> np.ndarray:
 def _frame(photos: list[RealPhoto]) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``FRAME_GRID`` squared photos in one ``FRAME_SIZE`` frame, each enlarged to fill its cell and centred
     in it (the rest grey, like a letterbox), with all their plate boxes."""
-    frame = np.full((*FRAME_SIZE, 3), 114, np.uint8)
+    frame = np.full((*FRAME_SIZE, 3), spec.LETTERBOX_FILL, np.uint8)
     cell_height, cell_width = FRAME_SIZE[0] // FRAME_GRID, FRAME_SIZE[1] // FRAME_GRID
     boxes = [np.zeros((0, 4))]
     for index, photo in enumerate(photos):

@@ -41,8 +41,6 @@ VALIDATION_SEED = 4242
 VALIDATION_COUNT = 300
 SCORE_FLOOR = 0.1
 GRID = tuple(round(t, 2) for t in np.arange(0.15, 0.96, 0.05))
-# The real layouts whose images are larger than the canvas and so get tiles: they rank the pair of thresholds.
-CAMERA_LAYOUTS = ("1280", "1080p")
 LAYOUT_NAMES = {"photos": "real photos", "1280": "real at 1280 px", "1080p": "real 1080p frames"}
 
 
@@ -134,9 +132,9 @@ def sweep(real: dict[str, list[ViewDetections]], synthetic: list[ViewDetections]
     """The thresholds on ``GRID`` for ``tile_grid``, each with the others as served, ranked on real photos only.
 
     ``real`` holds the validation photos in each of ``realdata.LAYOUTS``. With tiles: every pair (whole view among
-    tiles, tile), ranked by the camera-size layouts (``CAMERA_LAYOUTS``), whose images all get tiles (``pairs``);
-    and the whole view's threshold when alone, on the images that fit the canvas, the only ones it acts on,
-    ranked by the photos as they are, which all fit it (``alone``). Without tiles: the whole view's one threshold on
+    tiles, tile), ranked by the camera-size layouts (``realdata.CAMERA_LAYOUTS``), whose images all get tiles
+    (``pairs``); and the whole view's threshold when alone, on the images that fit the canvas, the only ones it acts
+    on, ranked by the photos as they are, which all fit it (``alone``). Without tiles: the whole view's one threshold on
     all the images, ranked by every layout (``alone``). The synthetic scenes are reported beside, never ranked: the
     detector's scores on rendered plates are not those on real ones.
     """
@@ -149,7 +147,7 @@ def sweep(real: dict[str, list[ViewDetections]], synthetic: list[ViewDetections]
         return [d for d in detections if spec.image_views(d.height, d.width, tile_grid) == 1]
 
     pairs = [(alone, *pair) for pair in [(whole, tile), *itertools.product(GRID, GRID)]]
-    camera = {layout: real[layout] for layout in CAMERA_LAYOUTS}
+    camera = {layout: real[layout] for layout in realdata.CAMERA_LAYOUTS}
     photos = fits(real["photos"])
     return {
         "tile_grid": tile_grid,

@@ -189,7 +189,7 @@ def test_make_eval_reproduces_the_real_photo_figures_the_readme_states() -> None
 
 @pytest.mark.skipif(not committed_weights_present(), reason="no committed weights")
 @pytest.mark.skipif(not realdata.real_photos("test"), reason="real labelled photos absent")
-@pytest.mark.parametrize("layout", [layout for layout in realdata.LAYOUTS if layout != "photos"])
+@pytest.mark.parametrize("layout", realdata.CAMERA_LAYOUTS)
 def test_make_eval_reproduces_the_camera_size_figures_the_readme_states(layout: str) -> None:
     # The real test photos at camera sizes take the tiled views and their thresholds, which the photos never reach.
     pipeline = TorchPipeline.from_weights(*(paths.default_weights(name) for name in ("detector", "stn", "lprnet")))

@@ -11,7 +11,6 @@ from alpr.metrics import DetectionTally
 from alpr.pipeline import TorchPipeline
 from alpr.synth.dataset import HELDOUT_SEED, MIXED_SIZES, iter_scenes
 from alpr.thresholds import (
-    CAMERA_LAYOUTS,
     VALIDATION_SEED,
     detect_views,
     main,
@@ -59,7 +58,7 @@ def test_the_best_thresholds_are_ranked_first_by_the_lowest_real_precision_or_re
 
     # The pair acts on the images that get tiles, which the camera-size layouts rank; the whole view alone acts on
     # the images that fit the canvas, which the photos as they are rank. The synthetic scenes rank neither.
-    assert result["pairs"]["ranked_by"] == list(CAMERA_LAYOUTS)
+    assert result["pairs"]["ranked_by"] == list(realdata.CAMERA_LAYOUTS)
     assert result["alone"]["ranked_by"] == ["photos"]
     for key in ("pairs", "alone"):
         layouts = result[key]["ranked_by"]
